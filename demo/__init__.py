@@ -1,0 +1,1 @@
+"""Click-to-segment demo on the runtime."""

@@ -1,0 +1,1 @@
+"""PyTorch side: model definitions, checkpoints, the reference predictor, and (later stages) export."""

