@@ -403,13 +403,13 @@ def mask_prompt_from_logits(low_res_logits: np.ndarray, policy: ProcessingPolicy
 def _linear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Source indices and weights of 1-D linear interpolation, half-pixel centres, no antialias.
 
-    Follows PyTorch's `interpolate(mode="bilinear", align_corners=False)` in float32 so that masks match the
-    official PyTorch post-processing to rounding.
+    Follows PyTorch's CPU `interpolate(mode="bilinear", align_corners=False)`: a float32 scale, the source
+    coordinate computed in double and stored as float32, so masks match the official post-processing.
     """
-    scale = np.float32(in_size) / np.float32(out_size)
-    src = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+    scale = np.float64(np.float32(in_size) / np.float32(out_size))
+    src = ((np.arange(out_size, dtype=np.float64) + 0.5) * scale - 0.5).astype(np.float32)
     src = np.maximum(src, np.float32(0.0))
-    index0 = src.astype(np.int64)
+    index0 = np.minimum(src.astype(np.int64), in_size - 1)
     index1 = np.minimum(index0 + 1, in_size - 1)
     weight1 = (src - index0.astype(np.float32)).astype(np.float32)
     weight0 = (np.float32(1.0) - weight1).astype(np.float32)

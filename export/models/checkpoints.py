@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -71,6 +72,11 @@ def unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
     return strip_prefix(obj)
 
 
+def _last_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip() and not line.startswith("Check the documentation")]
+    return lines[-1] if lines else type(exc).__name__
+
+
 def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a state dict from .pth/.pt (weights_only) or .safetensors.
 
@@ -88,15 +94,18 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        if found is None:
+            raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({_last_line(exc)})") from None
         converted = path.with_name(path.stem + ".safetensors")
         raise CheckpointError(
             f"{path} pickles Python objects besides tensors (SAM-Med2D's training checkpoints carry an optimizer), "
             "which safe loading refuses. If you trust the file, convert it once:\n    "
             + CONVERT_COMMAND.format(src=path, dst=converted)
-            + f"\nand load {converted} instead. ({str(exc).splitlines()[0]})"
+            + f"\nand load {converted} instead. (It pickles {found.group(1)}.)"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile) as exc:
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {exc}") from None
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({_last_line(exc)})") from None
     return unwrap_state_dict(obj)
 
 

@@ -136,9 +136,15 @@ def normalize_config(config: Mapping[str, Any] | str | Path) -> dict[str, Any]:
     prompt["input_image_size"] = [int(v) for v in prompt["input_image_size"]]
     if prompt["image_embedding_size"] != [grid, grid]:
         raise ConfigError(f"prompt_encoder.image_embedding_size {prompt['image_embedding_size']} does not match the encoder's {grid} x {grid} grid")
+    # Decoder widths follow the embedding width unless given (SAM: all 256, transformer MLP 8x).
     decoder_raw = dict(config.get("mask_decoder", {}))
-    transformer = _merge(_TRANSFORMER_DEFAULTS, decoder_raw.pop("transformer", {}), "mask_decoder.transformer")
-    decoder = _merge(_DECODER_DEFAULTS, decoder_raw, "mask_decoder")
+    width = int(decoder_raw.get("transformer_dim", prompt["embed_dim"]))
+    transformer = _merge(
+        {**_TRANSFORMER_DEFAULTS, "embedding_dim": width, "mlp_dim": 8 * width},
+        decoder_raw.pop("transformer", {}),
+        "mask_decoder.transformer",
+    )
+    decoder = _merge({**_DECODER_DEFAULTS, "transformer_dim": width, "iou_head_hidden_dim": width}, decoder_raw, "mask_decoder")
     decoder["transformer"] = transformer
     family = config.get("family") or default_family(encoder)
     if family not in FAMILIES:

@@ -1,0 +1,39 @@
+"""The wheel installs only under sammed_edge/, and the installed (not the editable) package imports."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_wheel_layout_and_import(tmp_path):
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--disable-pip-version-check", "-q",
+         "-w", str(tmp_path / "dist"), str(REPO)],
+        check=True, capture_output=True, text=True,
+    )
+    wheel = next((tmp_path / "dist").glob("sammed_edge-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    top_level = {name.split("/")[0] for name in names}
+    assert top_level == {"sammed_edge", next(n for n in top_level if n.endswith(".dist-info"))}, top_level
+    for module in ("export/models/registry.py", "export/predictor.py", "runtime/processing.py", "runtime/io/images.py",
+                   "kernels/__init__.py", "demo/__init__.py"):
+        assert f"sammed_edge/{module}" in names
+
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--disable-pip-version-check", "-q",
+                    "--target", str(target), str(wheel)], check=True, capture_output=True, text=True)
+    assert not (target / "runtime").exists() and not (target / "export").exists()
+    probe = "import sammed_edge.runtime.processing as p, sammed_edge.export.models as m; print(p.__file__); print(m.__file__)"
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, check=True, capture_output=True, text=True)
+    for line in out.stdout.split():
+        assert Path(line).is_relative_to(target), f"imported {line} instead of the installed wheel"
