@@ -12,8 +12,7 @@ T = TypeVar("T")
 def progress(items: Iterable[T], label: str, total: int | None = None, enabled: bool = True, stream=None) -> Iterator[T]:
     """Yield `items`, redrawing `label [#####     ] 12/40 3.1 it/s` on one stderr line (or nothing when disabled).
 
-    Extra information for the line can be set with `progress.postfix` style by sending a string: use `ProgressBar`
-    directly when the loop wants to show running metrics.
+    Use `ProgressBar` directly when the loop wants to show running metrics in a postfix.
     """
     bar = ProgressBar(label, total if total is not None else _length(items), enabled=enabled, stream=stream)
     try:
