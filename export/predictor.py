@@ -32,9 +32,7 @@ class TorchPredictor(PromptPredictor):
     @property
     def embedding(self) -> torch.Tensor:
         """1 x C x h x w embedding of the current image."""
-        if self._embedding is None:
-            raise RuntimeError("no image set: call set_image(image) first")
-        return self._embedding
+        return self._current()[0]
 
     @torch.inference_mode()
     def _encode(self, image_tensor: np.ndarray) -> torch.Tensor:

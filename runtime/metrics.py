@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
+import cv2
 import numpy as np
 
 
@@ -21,3 +24,134 @@ def box_from_mask(mask: np.ndarray) -> np.ndarray:
     if ys.size == 0:
         raise ValueError("empty mask has no bounding box")
     return np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.float64)
+
+
+def curve_auc(values: Sequence[float]) -> float:
+    """Normalised area under a Dice-vs-clicks curve.
+
+    Args:
+        values: Dice after clicks 1..N (N >= 1).
+
+    Returns:
+        The trapezoid area over clicks 1..N divided by N - 1 (the curve's mean height); `values[0]` when N == 1.
+    """
+    curve = np.asarray(values, dtype=np.float64).reshape(-1)
+    if curve.size == 0:
+        raise ValueError("an empty curve has no area")
+    if curve.size == 1:
+        return float(curve[0])
+    return float(((curve[:-1] + curve[1:]) / 2.0).sum() / (curve.size - 1))
+
+
+def _farthest_from_background(region: np.ndarray) -> tuple[int, int]:
+    """(x, y) of the region's pixel farthest from the background, the image border counting as background.
+
+    Args:
+        region: H x W boolean mask, not empty.
+
+    Returns:
+        The maximum of the exact Euclidean distance transform; ties go to the first pixel in row-major order.
+    """
+    ys, xs = np.nonzero(region)
+    if ys.size == 0:
+        raise ValueError("empty mask has no interior point")
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    # The one-pixel background ring around the bounding box is at least as close as any background pixel
+    # beyond it, so the crop's transform equals the full image's; the ring also makes the border background.
+    crop = np.pad(region[y0:y1, x0:x1].astype(np.uint8), 1)
+    distance = cv2.distanceTransform(crop, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
+    row, col = np.unravel_index(int(np.argmax(distance)), distance.shape)
+    return int(x0 + col), int(y0 + row)
+
+
+def interior_point(mask: np.ndarray) -> tuple[int, int]:
+    """The first click of the interactive protocol: the mask's pixel farthest from its background.
+
+    Args:
+        mask: H x W boolean mask, not empty.
+
+    Returns:
+        (x, y) integer pixel indices at the maximum of the Euclidean distance transform of the mask padded by one
+        background pixel (so the image border counts as background); ties go to the first in row-major order.
+
+    Raises:
+        ValueError: the mask is empty.
+    """
+    return _farthest_from_background(np.asarray(mask, dtype=bool))
+
+
+def next_click(pred: np.ndarray, truth: np.ndarray) -> tuple[int, int, int] | None:
+    """The corrective click for a prediction: centre of its largest connected error region.
+
+    False negatives (missed foreground) and false positives are split into 8-connected components; the largest
+    component by area among both wins (a tie goes to the missed region, then to the lower component label). The
+    click is that component's pixel farthest from its outside (`interior_point` of the component).
+
+    Args:
+        pred: H x W boolean prediction.
+        truth: H x W boolean ground truth.
+
+    Returns:
+        (x, y, label): integer pixel indices and 1 (positive click in a miss) or 0 (negative click in a false
+        positive); None when the prediction has no error pixel.
+    """
+    pred = np.asarray(pred, dtype=bool)
+    truth = np.asarray(truth, dtype=bool)
+    if pred.shape != truth.shape:
+        raise ValueError(f"mask shapes differ: {pred.shape} vs {truth.shape}")
+    best: tuple[int, np.ndarray, int] | None = None
+    for label, error in ((1, truth & ~pred), (0, pred & ~truth)):
+        if not error.any():
+            continue
+        count, components, stats, _ = cv2.connectedComponentsWithStats(error.astype(np.uint8), connectivity=8)
+        areas = stats[1:count, cv2.CC_STAT_AREA]
+        index = int(np.argmax(areas))
+        if best is None or areas[index] > best[0]:
+            best = (int(areas[index]), components == index + 1, label)
+    if best is None:
+        return None
+    x, y = _farthest_from_background(best[1])
+    return x, y, best[2]
+
+
+def sample_points(mask: np.ndarray, count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Random point prompts from a ground-truth mask, as SAM-Med2D's test.py draws them (`init_point_sampling`).
+
+    One point is a uniformly random foreground pixel (a background pixel labelled 0 if the mask is empty). More
+    points are count // 2 foreground and the rest background pixels, drawn with replacement, then shuffled; when
+    one side is empty all points come from the other.
+
+    Args:
+        mask: H x W boolean mask.
+        count: number of points, >= 1.
+        rng: the random generator to draw from.
+
+    Returns:
+        coords: count x 2 float64 (x, y) integer pixel indices (SAM's prompt encoder adds the half pixel).
+        labels: (count,) int64, 1 foreground / 0 background.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
+    flat = mask.reshape(-1)
+    foreground = np.flatnonzero(flat)
+    background = np.flatnonzero(~flat)
+    if count == 1:
+        num_fg = 1 if foreground.size else 0
+    else:
+        num_fg = count // 2
+        if background.size == 0:
+            num_fg = count
+        elif foreground.size == 0:
+            num_fg = 0
+    num_bg = count - num_fg
+    picks = np.concatenate([
+        foreground[rng.integers(foreground.size, size=num_fg)] if num_fg else foreground[:0],
+        background[rng.integers(background.size, size=num_bg)] if num_bg else background[:0],
+    ])
+    labels = np.concatenate([np.ones(num_fg, np.int64), np.zeros(num_bg, np.int64)])
+    if count > 1:
+        order = rng.permutation(count)
+        picks, labels = picks[order], labels[order]
+    rows, cols = np.divmod(picks, mask.shape[1])
+    return np.stack([cols, rows], axis=1).astype(np.float64), labels

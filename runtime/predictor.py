@@ -3,16 +3,27 @@
 `PromptPredictor` owns everything between the user's arrays and the two networks: validation, preprocessing,
 prompt transforms, candidate selection and mask post-processing, all through `processing`. A concrete predictor
 only says how to run the encoder and the decoder (`_encode`, `_decode`), so the PyTorch reference predictor and
-the runtime's backends return the same masks for the same network.
+the runtime's `Predictor` return the same masks for the same network.
+
+`Predictor` runs a bundle on a backend, keeps recent image embeddings in an LRU cache keyed by image content (so
+going back to a slice does not re-encode it), and allows concurrent `predict` calls from several threads.
 """
 
 from __future__ import annotations
 
+import hashlib
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from . import processing
+from .backends import Backend, load_backend
+from .bundle import Bundle, load_bundle
+from .contract import ENCODER_INPUT, ENCODER_OUTPUT
 from .errors import InputError
 from .processing import ImageGeometry, ProcessingPolicy
 
@@ -26,8 +37,9 @@ class PromptPredictor:
 
     def __init__(self, policy: ProcessingPolicy) -> None:
         self.policy = policy
-        self._embedding: Any = None
-        self._geometry: ImageGeometry | None = None
+        # (embedding, geometry) of the current image, replaced as a whole so readers see a consistent pair
+        self._state: tuple[Any, ImageGeometry] | None = None
+        self.timings: dict[str, float] = {}
 
     # -- to implement -------------------------------------------------------------------------------------
     def _encode(self, image_tensor: np.ndarray) -> Any:
@@ -47,17 +59,34 @@ class PromptPredictor:
         """
         raise NotImplementedError
 
+    def _embed(self, image: np.ndarray) -> tuple[Any, ImageGeometry]:
+        """Embedding and geometry of a validated H x W x 3 uint8 image (subclasses may cache)."""
+        tensor, geometry = processing.preprocess_image(image, self.policy)
+        start = time.perf_counter()
+        embedding = self._encode(tensor)
+        self.timings["encode_ms"] = (time.perf_counter() - start) * 1e3
+        return embedding, geometry
+
     # -- SAM's interface ----------------------------------------------------------------------------------
     @property
     def is_image_set(self) -> bool:
-        return self._geometry is not None
+        return self._state is not None
 
     @property
     def original_size(self) -> tuple[int, int]:
         """(H, W) of the current image."""
-        if self._geometry is None:
+        return self._current()[1].original_size
+
+    @property
+    def geometry(self) -> ImageGeometry:
+        """Where the current image went in the model input."""
+        return self._current()[1]
+
+    def _current(self) -> tuple[Any, ImageGeometry]:
+        state = self._state
+        if state is None:
             raise InputError("no image set: call set_image(image) first")
-        return self._geometry.original_size
+        return state
 
     def set_image(self, image: np.ndarray) -> None:
         """Encode an image for the following `predict` calls.
@@ -65,13 +94,10 @@ class PromptPredictor:
         Args:
             image: H x W or H x W x 3 uint8 RGB array.
         """
-        tensor, geometry = processing.preprocess_image(image, self.policy)
-        self._embedding = self._encode(tensor)
-        self._geometry = geometry
+        self._state = self._embed(processing.as_rgb_uint8(image))
 
     def reset_image(self) -> None:
-        self._embedding = None
-        self._geometry = None
+        self._state = None
 
     def predict(
         self,
@@ -101,16 +127,125 @@ class PromptPredictor:
             iou_predictions: (C,) float32.
             low_res_logits: C x L x L float32.
         """
-        if self._geometry is None:
-            raise InputError("no image set: call set_image(image) first")
-        prompts = processing.check_prompts(self._geometry, self.policy, point_coords, point_labels, box, mask_input)
-        inputs = processing.decoder_inputs(prompts, self._geometry, self.policy)
-        low_res, iou = self._decode(self._embedding, inputs, bool(multimask_output))
+        embedding, geometry = self._current()
+        prompts = processing.check_prompts(geometry, self.policy, point_coords, point_labels, box, mask_input)
+        inputs = processing.decoder_inputs(prompts, geometry, self.policy)
+        start = time.perf_counter()
+        low_res, iou = self._decode(embedding, inputs, bool(multimask_output))
         low_res = np.asarray(low_res, dtype=np.float32)
         iou = np.asarray(iou, dtype=np.float32)
         if best_only and low_res.shape[0] > 1:
             best = int(np.argmax(iou))
             low_res, iou = low_res[best : best + 1], iou[best : best + 1]
-        logits = processing.postprocess_logits(low_res, self._geometry, self.policy)
+        logits = processing.postprocess_logits(low_res, geometry, self.policy)
         masks = logits if return_logits else logits > self.policy.mask_threshold
+        self.timings["predict_ms"] = (time.perf_counter() - start) * 1e3
         return masks, iou, low_res
+
+
+def image_key(image: np.ndarray) -> bytes:
+    """Content key of an image array: a 128-bit BLAKE2 digest of its shape, dtype and bytes."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(repr((image.shape, image.dtype.str)).encode())
+    digest.update(np.ascontiguousarray(image).data)
+    return digest.digest()
+
+
+class Predictor(PromptPredictor):
+    """Torch-free predictor over a bundle: SAM's `set_image` / `predict` with an embedding cache.
+
+    Each `predict` runs only the decoder. Recent embeddings stay in an LRU cache keyed by image content, so
+    `set_image` on an image seen recently (a neighbouring slice of a series, say) returns without encoding.
+    `predict` may be called concurrently from several threads; it works on the image current when it starts.
+
+    Use `Predictor.from_bundle(path)`.
+    """
+
+    def __init__(self, bundle: Bundle, encoder: Backend, decoder: Backend, cache_size: int = 8) -> None:
+        super().__init__(bundle.policy)
+        if cache_size < 0:
+            raise ValueError("cache_size must be >= 0")
+        self.bundle = bundle
+        self.encoder = encoder
+        self.decoder = decoder
+        self.cache_size = cache_size
+        self._cache: OrderedDict[bytes, tuple[np.ndarray, ImageGeometry]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.cache_hits = 0
+        self.cache_misses = 0
+        candidates = bundle.contract("decoder").extra.get("candidates", {})
+        self._single = list(candidates.get("single", [0]))
+        self._multi = list(candidates.get("multi", [1, 2, 3]))
+
+    @classmethod
+    def from_bundle(
+        cls,
+        path: str | Path,
+        backend: str | None = None,
+        threads: int | None = None,
+        cache_size: int = 8,
+        verify: bool = True,
+        **backend_options: Any,
+    ) -> "Predictor":
+        """Load a bundle and its two graphs.
+
+        Args:
+            path: bundle folder.
+            backend: backend name (default: the bundle's target backend).
+            threads: CPU threads per graph (default: the backend's choice).
+            cache_size: embeddings kept (LiteMedSAM: 4 MB each; SAM-Med2D: 256 KB); 0 disables the cache.
+            verify: check the bundle's artifact hashes on load.
+            **backend_options: passed to the backend (e.g. device="cuda", memory_arena=False).
+
+        Raises:
+            BundleError: a malformed, unsupported or modified bundle.
+            BackendError: the backend is unavailable.
+        """
+        bundle = load_bundle(path, verify_hashes=verify)
+        name = backend or bundle.backend
+        encoder = load_backend(name, bundle.path("encoder"), bundle.contract("encoder"), threads=threads, **backend_options)
+        decoder = load_backend(name, bundle.path("decoder"), bundle.contract("decoder"), threads=threads, **backend_options)
+        return cls(bundle, encoder, decoder, cache_size=cache_size)
+
+    def _encode(self, image_tensor: np.ndarray) -> np.ndarray:
+        return self.encoder.run({ENCODER_INPUT: image_tensor})[ENCODER_OUTPUT]
+
+    def _decode(self, embedding: np.ndarray, inputs: dict[str, np.ndarray], multimask_output: bool) -> tuple[np.ndarray, np.ndarray]:
+        outputs = self.decoder.run({**inputs, "image_embeddings": embedding})
+        chosen = self._multi if multimask_output else self._single
+        return outputs["low_res_masks"][0, chosen], outputs["iou_predictions"][0, chosen]
+
+    def _embed(self, image: np.ndarray) -> tuple[np.ndarray, ImageGeometry]:
+        key = image_key(image)
+        with self._lock:
+            cached = self._cache.get(key)
+            if cached is not None:
+                self._cache.move_to_end(key)
+                self.cache_hits += 1
+                self.timings["encode_ms"] = 0.0
+                return cached
+            self.cache_misses += 1
+        state = super()._embed(image)
+        if self.cache_size:
+            with self._lock:
+                self._cache[key] = state
+                self._cache.move_to_end(key)
+                while len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+        return state
+
+    def clear_cache(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
+    def describe(self) -> dict[str, Any]:
+        """Model, target and backend facts, for logs and reports."""
+        manifest = self.bundle.manifest
+        return {
+            "model": manifest["model"].get("name"),
+            "family": manifest["model"].get("family"),
+            "target": manifest["target"],
+            "encoder": self.encoder.describe(),
+            "decoder": self.decoder.describe(),
+            "cache": {"size": self.cache_size, "entries": len(self._cache), "hits": self.cache_hits, "misses": self.cache_misses},
+        }

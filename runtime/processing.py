@@ -296,6 +296,7 @@ def check_prompts(
                 f"point_labels must be 1 (foreground), 0 (background) or -1 (padding); got {raw_labels[bad].tolist()}"
             )
         real = labels != -1
+        coords = np.where(real[:, None], coords, 0.0)  # padding points carry no position (SAM puts them at 0, 0)
         outside = real & ((coords[:, 0] < 0) | (coords[:, 0] > width) | (coords[:, 1] < 0) | (coords[:, 1] > height))
         if outside.any():
             first = int(np.flatnonzero(outside)[0])

@@ -61,3 +61,37 @@ def lite_medsam_model():
 def shared_fixture():
     """`shared("reference", "x.json")` -> path under ../shared, skipping (failing in CI) when absent."""
     return require_shared
+
+
+TINY_SAM_MED2D = dict(embed_dim=64, depth=2, num_heads=2, global_attn_indexes=[1], img_size=64, out_chans=32)
+
+
+def randomized(model, seed: int = 0):
+    """Perturb every parameter so that zero-initialised tables do not hide wiring mistakes."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.1 * torch.randn(param.shape, generator=generator))
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """A small random SAM-Med2D-architecture model (64 px input, adapters), built through the registry."""
+    from sammed_edge.export.models import build_model
+
+    return randomized(build_model("sam_med2d_vit_b", **TINY_SAM_MED2D))
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, tiny_model):
+    """An onnx-fp32 bundle of `tiny_model`, built and verified by the real pipeline."""
+    from sammed_edge.export.bundler import TARGETS, build_bundle
+    from sammed_edge.runtime.samples import phantom
+
+    out = tmp_path_factory.mktemp("bundles") / "tiny-onnx-fp32"
+    images = [phantom(120 + 40 * i, seed=i)[0] for i in range(2)]
+    build_bundle(tiny_model, TARGETS["onnx-fp32"], out, images, model_name="tiny", checkpoint=None)
+    return out

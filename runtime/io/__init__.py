@@ -1,6 +1,34 @@
-"""Reading and writing images and masks."""
+"""Reading and writing images and masks: raster files, DICOM, NIfTI, and DICOM-SEG.
+
+DICOM and NIfTI need the `medical` extra (pydicom, nibabel) and DICOM-SEG the `dicomseg` extra (highdicom); they
+are imported only when such a file is read or written.
+"""
 
 from .dataset import MaskItem, default_data_root, read_dataset
-from .images import read_image, read_mask, write_mask_png, write_overlay_png
+from .dicom import DECODER_ADVICE, DicomImage, decoder_advice, dicom_nifti_affine, read_dicom
+from .images import INTENSITY_POLICIES, PERCENTILES, WINDOW_PRESETS, read_image, read_mask
+from .nifti import NiftiSlice, read_nifti_slice
+from .writers import write_dicom_seg, write_label_png, write_mask_png, write_nifti_labels, write_overlay_png
 
-__all__ = ["MaskItem", "default_data_root", "read_dataset", "read_image", "read_mask", "write_mask_png", "write_overlay_png"]
+__all__ = [
+    "DECODER_ADVICE",
+    "DicomImage",
+    "INTENSITY_POLICIES",
+    "MaskItem",
+    "NiftiSlice",
+    "PERCENTILES",
+    "WINDOW_PRESETS",
+    "decoder_advice",
+    "default_data_root",
+    "dicom_nifti_affine",
+    "read_dataset",
+    "read_dicom",
+    "read_image",
+    "read_mask",
+    "read_nifti_slice",
+    "write_dicom_seg",
+    "write_label_png",
+    "write_mask_png",
+    "write_nifti_labels",
+    "write_overlay_png",
+]

@@ -1,71 +1,256 @@
-"""2D raster images (PNG, JPEG, TIFF, BMP) to the H x W x 3 uint8 RGB arrays the predictors take, and masks back."""
+"""2D raster images (PNG, JPEG, TIFF, BMP) to the H x W x 3 uint8 RGB arrays the predictors take.
+
+The predictors see 8-bit RGB. Medical data often has more bits than that, so every reader in this package (raster,
+DICOM, NIfTI) maps intensities to 0..255 with the same rules, defined here:
+
+Intensity policy:
+    * 8-bit data passes through unchanged.
+    * Anything else (16-bit PNG/TIFF, signed or float TIFF, DICOM after its modality LUT, NIfTI voxels) is mapped
+      linearly from a range [low, high] to 0..255, clipped outside it and rounded to the nearest integer (ties to
+      even). Without a window the range is, by default (`intensity="percentile"`), the 0.5th..99.5th percentile of
+      the image's finite values, so a handful of outlier pixels (a metal implant, a hot detector pixel, padding
+      at -2000 HU) cannot squeeze the anatomy into a few grey levels; `intensity="minmax"` uses the minimum and
+      maximum instead. For colour images the range is taken over all channels together so hues are preserved.
+    * A window (center, width) maps [center - width/2, center + width/2] to 0..255, i.e. DICOM's LINEAR_EXACT
+      function: y = ((x - center) / width + 0.5) * 255. `WINDOW_PRESETS` names the usual CT windows.
+    * A degenerate range (high <= low, e.g. a constant image) maps values above `low` to 255 and the rest to 0.
+      NaN maps to 0.
+
+Raster specifics: grayscale is replicated to 3 channels, an alpha channel is dropped, OpenCV's BGR order is turned
+into RGB. Only the first page of a multi-page TIFF is read, and EXIF orientation is ignored (pixels are returned
+as stored).
+"""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import cv2
 import numpy as np
 
 from ..errors import InputError
 
+# Percentiles of the default intensity range: robust to a few outlier pixels, close to the full range otherwise.
+PERCENTILES = (0.5, 99.5)
+INTENSITY_POLICIES = ("percentile", "minmax")
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read a raster image as H x W x 3 uint8 RGB.
+# Common CT windows as (center, width) in Hounsfield units.
+WINDOW_PRESETS: dict[str, tuple[float, float]] = {
+    "brain": (40.0, 80.0),
+    "lung": (-600.0, 1500.0),
+    "abdomen": (40.0, 400.0),
+    "bone": (400.0, 1800.0),
+}
 
-    Grayscale images are replicated to 3 channels, an alpha channel is dropped, and 16-bit images are scaled
-    from their own minimum / maximum to 0-255.
+# A window argument: a preset name, (center, width), or None for the intensity policy.
+Window = str | tuple[float, float] | None
+
+
+# ------------------------------------------------------------------------------------------- intensities
+
+
+def check_intensity(intensity: str) -> str:
+    """Validate an intensity policy name ("percentile" or "minmax") and return it.
 
     Raises:
-        InputError: missing or unreadable file.
+        InputError: unknown name.
     """
-    path = Path(path)
+    if intensity not in INTENSITY_POLICIES:
+        raise InputError(f"intensity must be one of {INTENSITY_POLICIES}, got {intensity!r}")
+    return intensity
+
+
+def resolve_window(window: Window) -> tuple[float, float] | None:
+    """Turn a window argument into (center, width), or None when no window was asked for.
+
+    Args:
+        window: None, a preset name from `WINDOW_PRESETS` (case-insensitive), or a (center, width) pair.
+
+    Raises:
+        InputError: unknown preset, not a pair of finite numbers, or width <= 0.
+    """
+    if window is None:
+        return None
+    if isinstance(window, str):
+        key = window.strip().lower()
+        if key not in WINDOW_PRESETS:
+            raise InputError(f"unknown window preset {window!r}; known presets: {sorted(WINDOW_PRESETS)}")
+        return WINDOW_PRESETS[key]
+    try:
+        center, width = (float(v) for v in window)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"window must be a preset name or a (center, width) pair, got {window!r}") from exc
+    if not (np.isfinite(center) and np.isfinite(width)) or width <= 0:
+        raise InputError(f"window (center={center:g}, width={width:g}) needs finite values and a positive width")
+    return center, width
+
+
+def intensity_range(values: np.ndarray, intensity: str = "percentile") -> tuple[float, float]:
+    """The (low, high) input range the intensity policy maps to 0..255.
+
+    Args:
+        values: array of any shape and real dtype; non-finite values are ignored.
+        intensity: "percentile" (0.5th..99.5th percentile) or "minmax".
+
+    Returns:
+        (low, high) as floats; (0.0, 0.0) when no value is finite.
+    """
+    check_intensity(intensity)
+    values = np.asarray(values)
+    finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values.reshape(-1)
+    if finite.size == 0:
+        return 0.0, 0.0
+    if intensity == "minmax":
+        return float(finite.min()), float(finite.max())
+    low, high = np.percentile(finite, PERCENTILES)
+    return float(low), float(high)
+
+
+def linear_to_uint8(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Map [low, high] linearly onto 0..255 (clipped, rounded half to even); NaN becomes 0.
+
+    Args:
+        values: array of any shape and real dtype.
+        low, high: the input values that become 0 and 255.
+
+    Returns:
+        uint8 array of the same shape.
+    """
+    data = np.asarray(values, dtype=np.float64)
+    if not high > low:
+        return np.where(data > low, 255, 0).astype(np.uint8)
+    scaled = (data - low) * (255.0 / (high - low))
+    scaled = np.nan_to_num(scaled, nan=0.0, posinf=255.0, neginf=0.0)
+    return np.rint(np.clip(scaled, 0.0, 255.0)).astype(np.uint8)
+
+
+def window_to_uint8(values: np.ndarray, center: float, width: float) -> np.ndarray:
+    """Apply a (center, width) window (DICOM LINEAR_EXACT) and return uint8 of the same shape."""
+    return linear_to_uint8(values, center - width / 2.0, center + width / 2.0)
+
+
+def to_uint8(
+    values: np.ndarray, window: Window = None, intensity: str = "percentile"
+) -> tuple[np.ndarray, tuple[float, float]]:
+    """Map intensities to uint8 by an explicit window, else by the intensity policy.
+
+    Args:
+        values: real array of any shape (H x W, or H x W x C for colour).
+        window: None, a preset name, or (center, width).
+        intensity: policy used when `window` is None: "percentile" or "minmax".
+
+    Returns:
+        (image, window_used): the uint8 array of the same shape and the (center, width) that produced it.
+    """
+    resolved = resolve_window(window)
+    if resolved is None:
+        low, high = intensity_range(values, intensity)
+        resolved = ((low + high) / 2.0, high - low)
+        return linear_to_uint8(values, low, high), resolved
+    return window_to_uint8(values, *resolved), resolved
+
+
+def import_optional(module: str, extra: str) -> ModuleType:
+    """Import an optional dependency, or say which extra installs it.
+
+    Raises:
+        ImportError: the module is not installed; the message names `pip install sammed-edge[extra]`.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ImportError(
+            f"{module} is required for this format but is not installed; install it with "
+            f"`pip install sammed-edge[{extra}]`"
+        ) from exc
+
+
+# ------------------------------------------------------------------------------------------- raster files
+
+
+def _decode(path: Path, flags: int, what: str) -> np.ndarray:
+    if not path.exists():
+        raise InputError(f"{what} file {path} does not exist")
     if not path.is_file():
-        raise InputError(f"image file {path} does not exist")
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if image is None or image.size == 0:
-        raise InputError(f"{path} is not a readable image (PNG, JPEG, TIFF or BMP)")
+        raise InputError(f"{path} is not a file")
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc}") from exc
+    if data.size == 0:
+        raise InputError(f"{path} is empty (0 bytes)")
+    try:
+        image = cv2.imdecode(data, flags)
+    except cv2.error as exc:
+        raise InputError(f"{path} is not a readable image (PNG, JPEG, TIFF or BMP): {exc}") from exc
+    if image is None:
+        raise InputError(
+            f"{path} is not a readable image (PNG, JPEG, TIFF or BMP): corrupt, truncated or another format"
+        )
+    if image.size == 0:
+        raise InputError(f"{path} holds an empty image (shape {image.shape})")
+    return image
+
+
+def read_image(path: str | Path, intensity: str = "percentile") -> np.ndarray:
+    """Read a raster image as H x W x 3 uint8 RGB.
+
+    8-bit images are returned as stored; 16-bit, signed or float images are mapped to 0..255 by the module's
+    intensity policy. Grayscale is replicated to 3 channels and an alpha channel is dropped.
+
+    Args:
+        path: PNG, JPEG, TIFF or BMP file.
+        intensity: range used for non-8-bit data: "percentile" (0.5th..99.5th, default) or "minmax".
+
+    Returns:
+        H x W x 3 uint8 RGB array.
+
+    Raises:
+        InputError: missing, empty, corrupt or unsupported file, or an unknown intensity policy.
+    """
+    check_intensity(intensity)
+    path = Path(path)
+    image = _decode(path, cv2.IMREAD_UNCHANGED, "image")
+    if image.ndim == 3 and image.shape[2] in (2, 4):
+        # Gray + alpha or BGR + alpha: the colour planes come first.
+        image = image[:, :, : image.shape[2] - 1]
     if image.dtype != np.uint8:
-        values = image.astype(np.float64)
-        low, high = values.min(), values.max()
-        image = np.round((values - low) / max(high - low, 1e-12) * 255.0).astype(np.uint8)
+        if image.dtype.kind not in "uif":
+            raise InputError(f"{path} has unsupported pixel type {image.dtype}")
+        image, _ = to_uint8(image, None, intensity)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
     if image.ndim == 2:
         return np.repeat(image[:, :, None], 3, axis=2)
-    if image.shape[2] == 4:
-        image = image[:, :, :3]
-    if image.shape[2] == 1:
-        return np.repeat(image, 3, axis=2)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise InputError(f"{path} has an unsupported channel layout (shape {image.shape})")
     return np.ascontiguousarray(image[:, :, ::-1])
 
 
 def read_mask(path: str | Path) -> np.ndarray:
-    """Read a binary mask image (nonzero = foreground) as H x W bool."""
+    """Read a mask image as H x W bool: a pixel is foreground when any colour channel is nonzero.
+
+    Any bit depth is accepted (a 16-bit label image's label 1 is foreground); an alpha channel is ignored.
+
+    Raises:
+        InputError: missing, empty or unreadable file.
+    """
     path = Path(path)
-    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if mask is None:
-        raise InputError(f"{path} is not a readable mask image")
-    return mask > 0
+    mask = _decode(path, cv2.IMREAD_UNCHANGED, "mask")
+    if mask.ndim == 3 and mask.shape[2] in (2, 4):
+        mask = mask[:, :, : mask.shape[2] - 1]
+    if mask.ndim == 3:
+        return np.any(mask != 0, axis=2)
+    return mask != 0
 
 
-def write_mask_png(path: str | Path, mask: np.ndarray) -> Path:
-    """Write an H x W mask as an 8-bit PNG (0 / 255)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), np.where(np.asarray(mask, dtype=bool), 255, 0).astype(np.uint8)):
-        raise OSError(f"could not write {path}")
-    return path
+def __getattr__(name: str) -> Any:
+    # The PNG writers moved to writers.py; keep `from .images import write_mask_png` working.
+    if name in ("write_mask_png", "write_overlay_png"):
+        from . import writers
 
-
-def write_overlay_png(path: str | Path, image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = (255, 64, 64), alpha: float = 0.45) -> Path:
-    """Write an RGB image with the mask blended in `color` and its contour drawn."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rgb = image.astype(np.float32)
-    inside = np.asarray(mask, dtype=bool)
-    rgb[inside] = (1 - alpha) * rgb[inside] + alpha * np.asarray(color, dtype=np.float32)
-    out = np.ascontiguousarray(rgb.round().clip(0, 255).astype(np.uint8)[:, :, ::-1])
-    contours, _ = cv2.findContours(inside.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    cv2.drawContours(out, contours, -1, color[::-1], thickness=1)
-    if not cv2.imwrite(str(path), out):
-        raise OSError(f"could not write {path}")
-    return path
+        return getattr(writers, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -37,7 +37,7 @@ def test_official_procedure(predictor, litemedsam_parity, index):
     v = litemedsam_parity
     image = v[f"img{index}_image"]
     predictor.set_image(image)
-    geometry = predictor._geometry
+    geometry = predictor.geometry
     assert geometry.resized_size == tuple(v[f"img{index}_B_new_size"])
     inputs = processing.decoder_inputs(processing.check_prompts(geometry, predictor.policy, box=v[f"img{index}_box_orig"]), geometry, predictor.policy)
     np.testing.assert_array_equal(inputs["point_coords"][0].reshape(-1), v[f"img{index}_B_box_256"])

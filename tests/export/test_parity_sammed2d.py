@@ -50,7 +50,7 @@ def test_embedding_and_dense_pe(predictor, sammed2d_parity):
 @pytest.mark.parametrize("index", range(N_CASES))
 def test_prompt_transforms_and_embeddings(predictor, sammed2d_parity, index):
     _, vectors = sammed2d_parity
-    geometry = predictor._geometry
+    geometry = predictor.geometry
     prompts = processing.check_prompts(
         geometry, predictor.policy, case(vectors, index, "point_coords"), case(vectors, index, "point_labels"),
         case(vectors, index, "box"), case(vectors, index, "mask_input"),
@@ -92,7 +92,7 @@ def test_case_matches_official_outputs(predictor, sammed2d_parity, index):
     np.testing.assert_allclose(iou, case(vectors, index, "iou_predictions"), atol=1e-4, rtol=0)
     full = case(vectors, index, "masks_logits_fullres")
     if full is None:
-        full = processing.postprocess_logits(case(vectors, index, "low_res_logits"), predictor._geometry, predictor.policy)
+        full = processing.postprocess_logits(case(vectors, index, "low_res_logits"), predictor.geometry, predictor.policy)
     differ = masks != case(vectors, index, "masks")
     assert not (differ & (np.abs(full) >= 1e-3)).any(), f"{differ.sum()} mask pixels differ away from the threshold"
 
@@ -100,7 +100,7 @@ def test_case_matches_official_outputs(predictor, sammed2d_parity, index):
 @pytest.mark.parametrize("index", [0, 4, 8])
 def test_full_resolution_logits(predictor, sammed2d_parity, index):
     _, vectors = sammed2d_parity
-    full = processing.postprocess_logits(case(vectors, index, "low_res_logits"), predictor._geometry, predictor.policy)
+    full = processing.postprocess_logits(case(vectors, index, "low_res_logits"), predictor.geometry, predictor.policy)
     np.testing.assert_allclose(full, case(vectors, index, "masks_logits_fullres"), atol=1e-4, rtol=0)
     logits, _, _ = predictor.predict(
         case(vectors, index, "point_coords"), case(vectors, index, "point_labels"), case(vectors, index, "box"),

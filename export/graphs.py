@@ -1,0 +1,262 @@
+"""ONNX export of the two graphs (image encoder, prompt decoder), each paired with a check against PyTorch.
+
+The wrappers here are export-only modules: they fix the I/O contract of `runtime.contract` and replace
+Python branches by arithmetic (the mask prompt is blended by `has_mask_input`), so one graph serves every prompt.
+`export_*` writes a graph; `verify_*` runs it in onnxruntime against the PyTorch model and raises
+`VerificationError` with the numbers when it is outside tolerance.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from sammed_edge.runtime import contract as io_contract
+from sammed_edge.runtime import processing
+
+from .models.sam import SamModel
+
+log = logging.getLogger(__name__)
+
+EXPORTERS = ("torchscript", "dynamo")
+DEFAULT_OPSET = 17
+
+
+class VerificationError(RuntimeError):
+    """An exported graph disagrees with PyTorch beyond tolerance."""
+
+
+class EncoderGraph(nn.Module):
+    """image (1 x 3 x S x S) -> image_embeddings (1 x C x h x w)."""
+
+    def __init__(self, model: SamModel) -> None:
+        super().__init__()
+        self.image_encoder = model.image_encoder
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.image_encoder(image)
+
+
+class DecoderGraph(nn.Module):
+    """SAM-convention prompt decoder returning every mask token (see `runtime.contract.decoder_contract`)."""
+
+    def __init__(self, model: SamModel) -> None:
+        super().__init__()
+        self.prompt_encoder = model.prompt_encoder
+        self.mask_decoder = model.mask_decoder
+        # The grid's positional encoding is a constant: store it instead of recomputing sin/cos per click.
+        self.register_buffer("dense_pe", model.prompt_encoder.get_dense_pe().detach().clone(), persistent=False)
+
+    def forward(
+        self,
+        image_embeddings: torch.Tensor,
+        point_coords: torch.Tensor,
+        point_labels: torch.Tensor,
+        mask_input: torch.Tensor,
+        has_mask_input: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        sparse = self.prompt_encoder.embed_labelled_points(point_coords, point_labels)
+        weight = has_mask_input.reshape(-1, 1, 1, 1)
+        no_mask = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        dense = weight * self.prompt_encoder.embed_masks(mask_input) + (1 - weight) * no_mask
+        masks, iou = self.mask_decoder.predict_masks(image_embeddings, self.dense_pe, sparse, dense)
+        return iou, masks
+
+
+def encoder_contract(model: SamModel) -> io_contract.GraphContract:
+    grid = model.image_encoder.embedding_size[0]
+    return io_contract.encoder_contract(model.image_size, model.prompt_encoder.embed_dim, grid)
+
+
+def decoder_contract(model: SamModel) -> io_contract.GraphContract:
+    grid = model.prompt_encoder.image_embedding_size[0]
+    return io_contract.decoder_contract(model.prompt_encoder.embed_dim, grid, model.low_res_size, model.mask_decoder.num_mask_tokens)
+
+
+def _example(spec: io_contract.TensorSpec, dims: dict[str, int]) -> torch.Tensor:
+    shape = [dims[d] if isinstance(d, str) else d for d in spec.shape]
+    return torch.zeros(shape, dtype=getattr(torch, spec.dtype))
+
+
+def _export(module: nn.Module, graph: io_contract.GraphContract, path: Path, exporter: str, opset: int) -> Path:
+    if exporter not in EXPORTERS:
+        raise ValueError(f"unknown exporter {exporter!r}; choose from {EXPORTERS}")
+    dims = {name: span[1] for name, span in graph.dynamic_axes.items()}
+    args = tuple(_example(spec, dims) for spec in graph.inputs)
+    if graph.input_names[1:2] == ["point_coords"]:
+        # realistic example prompts so that tracing sees every label value
+        args[2][...] = torch.tensor([1.0, 0.0, 2.0, 3.0])[: args[2].shape[1]]
+    dynamic = {}
+    for spec in (*graph.inputs, *graph.outputs):
+        axes = {i: d for i, d in enumerate(spec.shape) if isinstance(d, str)}
+        if axes:
+            dynamic[spec.name] = axes
+    path.parent.mkdir(parents=True, exist_ok=True)
+    module = module.eval()
+    # shapes are fixed by the contract (batch 1, fixed image size), so the tracer's shape-as-constant warnings are expected
+    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)  # the TorchScript exporter is chosen on purpose
+        if exporter == "torchscript":
+            torch.onnx.export(
+                module, args, str(path), dynamo=False, opset_version=opset, input_names=graph.input_names,
+                output_names=graph.output_names, dynamic_axes=dynamic or None, do_constant_folding=True,
+            )
+        else:
+            shapes = {
+                spec.name: {i: torch.export.Dim(d, min=graph.dynamic_axes[d][0], max=graph.dynamic_axes[d][2])
+                            for i, d in enumerate(spec.shape) if isinstance(d, str)} or None
+                for spec in graph.inputs
+            }
+            program = torch.onnx.export(
+                module, args, dynamo=True, opset_version=opset, input_names=graph.input_names,
+                output_names=graph.output_names, dynamic_shapes=shapes if any(shapes.values()) else None,
+            )
+            program.save(str(path))
+    return path
+
+
+def slim(path: Path) -> dict[str, int]:
+    """Clean a graph in place with onnxslim (constant folding, dead nodes, fusing reshapes); returns node counts."""
+    import onnx
+    import onnxslim
+
+    model = onnx.load(str(path))
+    before = len(model.graph.node)
+    slimmed = onnxslim.slim(model)
+    onnx.save(slimmed, str(path))
+    return {"nodes_before": before, "nodes_after": len(slimmed.graph.node)}
+
+
+def export_encoder(model: SamModel, path: str | Path, exporter: str = "torchscript", opset: int = DEFAULT_OPSET) -> Path:
+    """Write the image encoder graph (contract: `encoder_contract(model)`)."""
+    return _export(EncoderGraph(model), encoder_contract(model), Path(path), exporter, opset)
+
+
+def export_decoder(model: SamModel, path: str | Path, exporter: str = "torchscript", opset: int = DEFAULT_OPSET) -> Path:
+    """Write the prompt decoder graph (contract: `decoder_contract(model)`)."""
+    return _export(DecoderGraph(model), decoder_contract(model), Path(path), exporter, opset)
+
+
+# ------------------------------------------------------------------------------------------ verification
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Allowed disagreement: |ours - ref| <= atol + rtol * max|ref| elementwise maximum."""
+
+    atol: float
+    rtol: float
+
+
+FP32 = {"encoder": Tolerance(1e-4, 1e-4), "decoder": Tolerance(1e-4, 1e-4)}
+
+
+def _session(path: Path):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _compare(name: str, ours: np.ndarray, ref: np.ndarray, tol: Tolerance, report: dict[str, Any]) -> None:
+    diff = float(np.abs(ours - ref).max())
+    scale = float(np.abs(ref).max())
+    report[name] = max(report.get(name, 0.0), diff)
+    report[f"{name}_scale"] = max(report.get(f"{name}_scale", 0.0), scale)
+    if not diff <= tol.atol + tol.rtol * scale:
+        raise VerificationError(
+            f"{name}: max |onnx - torch| = {diff:.3g} exceeds {tol.atol:g} + {tol.rtol:g} x {scale:.3g} (max |torch|)"
+        )
+
+
+def verify_encoder(model: SamModel, path: str | Path, images: Sequence[np.ndarray], tolerance: Tolerance = FP32["encoder"]) -> dict[str, Any]:
+    """Run the encoder graph and PyTorch on real images; raise VerificationError beyond tolerance.
+
+    Args:
+        model: the PyTorch model.
+        path: encoder graph.
+        images: H x W x 3 uint8 RGB images, preprocessed with the model's policy.
+
+    Returns:
+        report: images, max abs difference, reference scale, tolerance.
+    """
+    session = _session(Path(path))
+    policy = model.processing_policy()
+    report: dict[str, Any] = {"images": len(images), "atol": tolerance.atol, "rtol": tolerance.rtol}
+    for image in images:
+        tensor, _ = processing.preprocess_image(image, policy)
+        with torch.inference_mode():
+            ref = model.encode(torch.from_numpy(tensor)).numpy()
+        (ours,) = session.run([io_contract.ENCODER_OUTPUT], {io_contract.ENCODER_INPUT: tensor})
+        _compare("embedding_max_abs", ours, ref, tolerance, report)
+    return report
+
+
+def prompt_cases(image_shape: tuple[int, int], policy: processing.ProcessingPolicy, seed: int = 0) -> list[processing.Prompts]:
+    """A fixed mix of prompts for decoder checks: a box, 1 / 3 clicks, box + clicks, clicks + a mask prompt."""
+    rng = np.random.default_rng(seed)
+    height, width = image_shape
+    geometry = processing.ImageGeometry(image_shape, image_shape)
+
+    def points(n: int) -> tuple[np.ndarray, np.ndarray]:
+        coords = np.stack([rng.uniform(0, width, n), rng.uniform(0, height, n)], axis=1)
+        return coords, (np.arange(n) % 2 == 0).astype(np.int64)
+
+    box = np.array([0.2 * width, 0.25 * height, 0.7 * width, 0.8 * height])
+    mask = rng.normal(0, 3, (policy.low_res_size, policy.low_res_size)).astype(np.float32)
+    cases = [
+        processing.check_prompts(geometry, policy, box=box),
+        processing.check_prompts(geometry, policy, *points(1)),
+        processing.check_prompts(geometry, policy, *points(3)),
+        processing.check_prompts(geometry, policy, *points(2), box=box),
+        processing.check_prompts(geometry, policy, *points(5), mask_input=processing.mask_prompt_from_logits(mask, policy)),
+    ]
+    return cases
+
+
+def verify_decoder(model: SamModel, path: str | Path, images: Sequence[np.ndarray], tolerance: Tolerance = FP32["decoder"]) -> dict[str, Any]:
+    """Run the decoder graph and PyTorch on real image embeddings with a mix of prompts; raise beyond tolerance.
+
+    Also checks that the thresholded low-res masks agree except where the reference logit is near 0.
+    """
+    session = _session(Path(path))
+    policy = model.processing_policy()
+    graph = DecoderGraph(model).eval()
+    report: dict[str, Any] = {"images": len(images), "prompt_sets": 0, "atol": tolerance.atol, "rtol": tolerance.rtol}
+    flipped = 0
+    for image in images:
+        tensor, geometry = processing.preprocess_image(image, policy)
+        with torch.inference_mode():
+            embedding = model.encode(torch.from_numpy(tensor))
+        for prompts in prompt_cases(geometry.original_size, policy):
+            feeds = processing.decoder_inputs(prompts, geometry, policy)
+            feeds["image_embeddings"] = embedding.numpy()
+            with torch.inference_mode():
+                ref_iou, ref_masks = (t.numpy() for t in graph(**{k: torch.from_numpy(v) for k, v in feeds.items()}))
+            ours_iou, ours_masks = session.run(io_contract.DECODER_OUTPUTS, feeds)
+            _compare("low_res_logits_max_abs", ours_masks, ref_masks, tolerance, report)
+            _compare("iou_max_abs", ours_iou, ref_iou, tolerance, report)
+            flipped += int(((ours_masks > 0) != (ref_masks > 0))[np.abs(ref_masks) > 1e-3].sum())
+            report["prompt_sets"] += 1
+    report["mask_pixels_flipped"] = flipped
+    if flipped:
+        raise VerificationError(f"{flipped} low-res mask pixels flip away from the threshold")
+    return report
+
+
+def graph_node_count(path: str | Path) -> int:
+    import onnx
+
+    return len(onnx.load(str(path), load_external_data=False).graph.node)
+

@@ -1,0 +1,217 @@
+"""Latency and memory benchmark of a bundle, with the PyTorch eager reference of the same model in the same run.
+
+Measured (medians and p90 over `runs`, after warm-up, on 512 x 512 inputs):
+    encoder: the encoder graph alone on a preprocessed image;
+    set_image: preprocessing + encoder for a new image (cache miss);
+    click: one positive click with the previous mask fed back, single mask, including post-processing to 512 x 512;
+    click_3: one click returning the 3 multimask candidates at full resolution;
+    end_to_end: a new image, then its first click;
+    cold_start: a new process from its start to the first mask (import, bundle load with hash checks, first image,
+        first click);
+    peak_rss: peak resident memory of that process after the cold start and `runs` further clicks.
+The PyTorch reference runs the same protocol through `TorchPredictor` in a separate process (only when torch is
+installed), so this process never imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .processing import mask_prompt_from_logits
+from .sysinfo import machine, tool_versions
+
+BENCH_SIZE = 512
+
+
+def bench_image(size: int = BENCH_SIZE, seed: int = 0) -> np.ndarray:
+    """A size x size uint8 RGB test image: a real dev-set image resized when available, else a phantom."""
+    import cv2
+
+    from .samples import sample_images
+
+    image = sample_images(1)[0]
+    return np.ascontiguousarray(cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA))
+
+
+def _stats(times: list[float]) -> dict[str, float]:
+    return {"median_ms": round(statistics.median(times), 2), "p90_ms": round(float(np.percentile(times, 90)), 2), "runs": len(times)}
+
+
+def _time(fn: Callable[[], Any], runs: int, warmup: int) -> dict[str, float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return _stats(times)
+
+
+def measure_predictor(predictor: Any, runs: int = 20, warmup: int = 3, size: int = BENCH_SIZE) -> dict[str, dict[str, float]]:
+    """Time a predictor (runtime `Predictor` or `TorchPredictor`) with the protocol of this module's docstring."""
+    from . import processing
+
+    image = bench_image(size)
+    images = [image, np.ascontiguousarray(image[::-1]), np.ascontiguousarray(image[:, ::-1])]
+    click = np.array([[size * 0.5, size * 0.5]])
+    predictor.set_image(image)
+    _, _, low_res = predictor.predict(point_coords=click, point_labels=[1], best_only=True)
+    previous = mask_prompt_from_logits(low_res[0], predictor.policy)
+    tensor, _ = processing.preprocess_image(image, predictor.policy)
+    counter = iter(range(1 << 30))
+
+    def new_image() -> None:
+        if hasattr(predictor, "clear_cache"):
+            predictor.clear_cache()
+        predictor.set_image(images[next(counter) % len(images)])
+
+    def end_to_end() -> None:
+        new_image()
+        predictor.predict(point_coords=click, point_labels=[1], multimask_output=False)
+
+    results = {
+        "encoder": _time(lambda: predictor._encode(tensor), runs, warmup),
+        "set_image": _time(new_image, runs, warmup),
+        "end_to_end": _time(end_to_end, runs, warmup),
+    }
+    predictor.set_image(image)
+    results["click"] = _time(lambda: predictor.predict(point_coords=click, point_labels=[1], mask_input=previous, multimask_output=False), runs * 3, warmup)
+    results["click_3"] = _time(lambda: predictor.predict(point_coords=click, point_labels=[1]), runs * 3, warmup)
+    return results
+
+
+_COLD_START = """
+import time, json, sys
+start = time.perf_counter()
+import numpy as np
+from sammed_edge.runtime import Predictor
+from sammed_edge.runtime.sysinfo import peak_rss_mb
+image = np.load(sys.argv[2])
+predictor = Predictor.from_bundle(sys.argv[1], threads=int(sys.argv[3]) if sys.argv[3] != "0" else None)
+predictor.set_image(image)
+masks, _, _ = predictor.predict(point_coords=[[image.shape[1] / 2, image.shape[0] / 2]], point_labels=[1], multimask_output=False)
+first_mask_s = time.perf_counter() - start
+for _ in range(int(sys.argv[4])):
+    predictor.predict(point_coords=[[image.shape[1] / 2, image.shape[0] / 2]], point_labels=[1])
+print(json.dumps({"first_mask_s": first_mask_s, "peak_rss_mb": peak_rss_mb(), "torch_loaded": "torch" in sys.modules}))
+"""
+
+
+def cold_start(bundle: str | Path, image: np.ndarray, threads: int | None, runs: int = 5, clicks: int = 20, workdir: Path | None = None) -> dict[str, Any]:
+    """Start fresh processes that load the bundle and segment `image`; wall time to the first mask and peak RSS."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        image_path = Path(tmp) / "image.npy"
+        np.save(image_path, image)
+        walls, inner, rss, torch_loaded = [], [], [], False
+        for _ in range(runs):
+            start = time.perf_counter()
+            out = subprocess.run([sys.executable, "-c", _COLD_START, str(bundle), str(image_path), str(threads or 0), str(clicks)],
+                                 capture_output=True, text=True, check=True)
+            walls.append(time.perf_counter() - start)
+            report = json.loads(out.stdout.strip().splitlines()[-1])
+            inner.append(report["first_mask_s"])
+            rss.append(report["peak_rss_mb"])
+            torch_loaded |= report["torch_loaded"]
+    return {
+        "cold_start_s": round(statistics.median(walls), 3), "cold_start_p90_s": round(float(np.percentile(walls, 90)), 3),
+        "in_process_first_mask_s": round(statistics.median(inner), 3),
+        "peak_rss_mb": max(rss) if all(r is not None for r in rss) else None, "runs": runs, "torch_loaded": torch_loaded,
+    }
+
+
+def torch_reference(manifest: dict[str, Any], runs: int, threads: int | None) -> dict[str, Any] | None:
+    """The PyTorch eager reference of the bundle's model, measured in a child process; None without torch."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("sammed_edge.export") is None:
+        return None
+    checkpoint = manifest["provenance"]["checkpoint"].get("path")
+    source = manifest["model"]["name"] if not checkpoint or not Path(checkpoint).is_file() else checkpoint
+    command = [sys.executable, "-m", "sammed_edge.export.reference_bench", "--model", str(source), "--runs", str(runs)]
+    if threads:
+        command += ["--threads", str(threads)]
+    out = subprocess.run(command, capture_output=True, text=True)
+    if out.returncode != 0:
+        return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_benchmark(bundle: str | Path, runs: int = 20, threads: int | None = None, reference: bool = True, cold_runs: int = 5) -> dict[str, Any]:
+    """Benchmark a bundle (and the PyTorch reference); returns a JSON-ready report."""
+    from .predictor import Predictor
+
+    predictor = Predictor.from_bundle(bundle, threads=threads)
+    manifest = predictor.bundle.manifest
+    result: dict[str, Any] = {
+        "bundle": str(bundle), "model": manifest["model"]["name"], "family": manifest["model"]["family"],
+        "target": manifest["target"]["name"], "threads": threads, "image_size": BENCH_SIZE,
+        "machine": machine(), "tools": tool_versions("sammed-edge", "onnxruntime", "numpy", "opencv-python-headless", "torch"),
+        "runtime": measure_predictor(predictor, runs=runs),
+    }
+    del predictor
+    result["process"] = cold_start(bundle, bench_image(), threads, runs=cold_runs)
+    result["torch_eager"] = torch_reference(manifest, runs=max(runs // 2, 5), threads=threads) if reference else None
+    return result
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """Markdown table of a benchmark report."""
+    machine_info = result["machine"]
+    ref = result.get("torch_eager") or {}
+    lines = [
+        f"### {result['model']} ({result['family']}), target `{result['target']}`",
+        "",
+        f"Machine: {machine_info['cpu']}, {machine_info['cores']} cores, {machine_info['memory_gb']} GB; threads: "
+        f"{result['threads'] or 'backend default'}; {result['image_size']}x{result['image_size']} input; tools: "
+        + ", ".join(f"{k} {v}" for k, v in result["tools"].items()) + ".",
+        "",
+        "| measure | runtime median ms | p90 ms | torch eager median ms | torch / runtime |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for key, label in (("encoder", "encoder graph"), ("set_image", "set_image (new image)"), ("click", "click (1 point + previous mask, 1 mask)"),
+                       ("click_3", "click (1 point, 3 candidates)"), ("end_to_end", "new image + first click")):
+        ours = result["runtime"][key]
+        theirs = ref.get(key) if isinstance(ref, dict) else None
+        ratio = f"{theirs['median_ms'] / ours['median_ms']:.2f}x" if theirs else "-"
+        lines.append(f"| {label} | {ours['median_ms']:.1f} | {ours['p90_ms']:.1f} | {theirs['median_ms']:.1f} | {ratio} |" if theirs
+                     else f"| {label} | {ours['median_ms']:.1f} | {ours['p90_ms']:.1f} | - | - |")
+    process = result["process"]
+    lines += [
+        "",
+        f"Cold start (new process to first mask): median {process['cold_start_s']:.2f} s, p90 {process['cold_start_p90_s']:.2f} s "
+        f"over {process['runs']} processes ({process['in_process_first_mask_s']:.2f} s after interpreter start); "
+        f"peak RSS {process['peak_rss_mb']} MiB; torch imported: {'yes' if process['torch_loaded'] else 'no'}.",
+    ]
+    if isinstance(ref, dict) and ref.get("error"):
+        lines.append(f"PyTorch reference failed: {ref['error']}")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(result: dict[str, Any], markdown_path: Path | None, json_path: Path | None) -> None:
+    """Write the report as JSON and/or replace this model/target's section of a Markdown file."""
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(result, indent=1) + "\n")
+    if markdown_path:
+        markdown_path.parent.mkdir(parents=True, exist_ok=True)
+        section = markdown(result)
+        header = section.splitlines()[0]
+        text = markdown_path.read_text() if markdown_path.is_file() else "# Benchmarks\n\nWritten by `sammed-edge bench`.\n\n"
+        if header in text:
+            start = text.index(header)
+            end = text.find("\n### ", start + 1)
+            text = text[:start] + section + (text[end + 1 :] if end != -1 else "")
+        else:
+            text = text.rstrip("\n") + "\n\n" + section
+        markdown_path.write_text(text)
