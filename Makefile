@@ -14,8 +14,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -e ".[export,onnxruntime,medical,dev]"
 	touch $@
 
+BUNDLE ?= out/lite_medsam-onnx-fp32
+
+# The main job: build the verified default bundle (LiteMedSAM, onnx-fp32), then segment 20 dev-set masks with it.
 run: setup
-	$(PY) -m sammed_edge.export.segment
+	$(PY) export/build.py --target onnx-fp32 --out $(BUNDLE)
+	$(VENV)/bin/sammed-edge info $(BUNDLE)
+	$(VENV)/bin/sammed-edge evaluate --bundle $(BUNDLE) --modes box --limit 20 --out out/evaluate/quick
 
 test: setup
 	$(PY) -m pytest -q
