@@ -109,6 +109,21 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         lines.append(f"| {row['part']} | {row['exporter']} | {row['slim']} | {row['opset']} | {row['nodes']} | "
                      f"{row['median_ms']:.1f} | {row['p90_ms']:.1f} |")
+    def best(part: str, key: str) -> str:
+        return min((r for r in rows if r["part"] == part), key=lambda r: r["median_ms"])[key]
+
+    def median(part: str, exporter: str) -> float:
+        return min(r["median_ms"] for r in rows if r["part"] == part and r["exporter"] == exporter)
+
+    ratio = median("encoder", "dynamo") / median("encoder", "torchscript")
+    lines += [
+        "",
+        f"Fastest encoder: {best('encoder', 'exporter')} exporter ({best('encoder', 'slim')} cleanup); the dynamo exporter's "
+        f"best encoder takes {ratio:.2f}x the TorchScript exporter's best. onnxslim cuts the TorchScript graphs' node counts "
+        "about fourfold at equal speed (onnxruntime applies similar rewrites itself), which keeps graphs readable and "
+        "gives later fusion passes a canonical pattern. `export/build.py` therefore defaults to the TorchScript exporter "
+        f"at opset {OPSETS['torchscript']} plus onnxslim; `--exporter dynamo` and `--no-slim` stay available.",
+    ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
