@@ -24,7 +24,6 @@ from sammed_edge.runtime.predictor import Predictor
 from sammed_edge.runtime.sysinfo import tool_versions
 
 from . import graphs
-from .models.checkpoints import sha256_of
 from .models.sam import SamModel
 from .predictor import TorchPredictor
 
@@ -175,7 +174,7 @@ def build_bundle(
             "graphs": graph_entries,
             "provenance": {
                 "checkpoint": {"path": str(checkpoint) if checkpoint else None,
-                               "sha256": sha256_of(checkpoint) if checkpoint and Path(checkpoint).is_file() else None},
+                               "sha256": bundle_schema.sha256_file(checkpoint) if checkpoint and Path(checkpoint).is_file() else None},
                 "exporter": {"kind": options.exporter, "opset": options.opset, "onnxslim": options.slim},
                 "tools": tool_versions(*TOOLS),
                 "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

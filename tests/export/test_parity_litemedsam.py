@@ -19,9 +19,10 @@ def predictor(lite_medsam_model):
 
 
 def test_weights_are_the_released_file(lite_medsam_model):
-    from sammed_edge.export.models.checkpoints import LITE_MEDSAM_SHA256, sha256_of
+    from sammed_edge.export.models.checkpoints import LITE_MEDSAM_SHA256
+    from sammed_edge.runtime.bundle import sha256_file
 
-    assert sha256_of(lite_medsam_model.checkpoint_path) == LITE_MEDSAM_SHA256
+    assert sha256_file(lite_medsam_model.checkpoint_path) == LITE_MEDSAM_SHA256
     assert lite_medsam_model.family == "lite_medsam"
 
 
