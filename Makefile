@@ -11,7 +11,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
-	$(PIP) install -e ".[export,onnxruntime,medical,dev]"
+	$(PIP) install -e ".[export,onnxruntime,openvino,medical,kernels,demo,browser,dev]"
 	touch $@
 
 BUNDLE ?= out/lite_medsam-onnx-fp32
