@@ -1,11 +1,13 @@
 """Build a deployable bundle from a checkpoint.
 
     python export/build.py --target onnx-fp32                      # default model (lite_medsam), fetched once
+    python export/build.py --target ov-int8                        # int8 encoder, gated on held-out Dice
+    python export/build.py --target auto                           # the best target for this machine
     python export/build.py --target onnx-fp32 --checkpoint my.pth --out bundles/mine
 
 Every graph is verified against PyTorch on real images (the development set at $SAMMED_DATA or
-../shared/data/medseg-dev, else synthetic phantoms) before the bundle is written; a failed check raises with the
-numbers and leaves no bundle.
+../shared/data/medseg-dev, else synthetic phantoms) before the bundle is written; reduced-precision targets must
+also pass the accuracy gate on held-out data. A failed check raises with the numbers and leaves no bundle.
 """
 
 from __future__ import annotations
@@ -18,17 +20,48 @@ from pathlib import Path
 import torch
 
 from sammed_edge.export.bundler import TARGETS, BuildOptions, build_bundle
+from sammed_edge.export.calibration import calibration_set
+from sammed_edge.export.gate import GateError
 from sammed_edge.export.graphs import EXPORTERS, VerificationError
 from sammed_edge.export.models import list_models, load_model
+from sammed_edge.export.targets import choose_target
 from sammed_edge.runtime.samples import sample_images
 
 DEFAULT_MODEL = "lite_medsam"
 
 
+def _summary(result, target, name, family) -> None:
+    manifest = result.manifest
+    check = manifest["verification"]
+    rows = [("graph", "file", "precision", "MB", "max |exported - torch|", "of max |torch|", "judged by")]
+    for graph, key in (("encoder", "embedding_max_abs"), ("decoder", "low_res_logits_max_abs")):
+        entry, report = manifest["graphs"][graph], check[graph]
+        rows.append((graph, entry["file"], entry["precision"], f"{entry['bytes'] / 2**20:.1f}", f"{report[key]:.2e}",
+                     f"{report[key + '_scale']:.3g}", report["judged_by"]))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    print()
+    for index, row in enumerate(rows):
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)))
+        if index == 0:
+            print("  ".join("-" * width for width in widths))
+    print(f"\nbundle {result.path}  target {target.name} ({target.backend})  model {name} ({family})")
+    print(f"fp32 graphs verified against PyTorch on {check['onnx_fp32']['encoder']['images']} images, "
+          f"{check['onnx_fp32']['decoder']['prompt_sets']} prompt sets")
+    if "predictor" in check:
+        print(f"runtime Predictor masks agree with PyTorch on {check['predictor']['min_mask_agreement']:.4%} of pixels (worst prompt)")
+    if "gate" in check:
+        g = check["gate"]
+        print(f"accuracy gate ({g['holdout_masks']} held-out masks, ground truth: {g['ground_truth']}): "
+              f"box Dice {g['dice']['box']:.2f} vs fp32 {g['dice_fp32']['box']:.2f} (drop {g['drop']['box']:+.2f}, budget {g['budget']['box']}); "
+              f"1-point Dice {g['dice']['points1']:.2f} vs {g['dice_fp32']['points1']:.2f} (drop {g['drop']['points1']:+.2f}, "
+              f"budget {g['budget']['points1']}): {'passed' if g['passed'] else 'FAILED (not enforced: --no-gate)'}")
+    print("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items()))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Build a verified bundle (graphs + manifest) from a checkpoint.")
-    parser.add_argument("--target", required=True, choices=sorted(TARGETS),
-                        help="; ".join(f"{t.name}: {t.description}" for t in TARGETS.values()))
+    parser.add_argument("--target", required=True, choices=sorted(TARGETS) + ["auto"],
+                        help="; ".join(f"{t.name}: {t.description}" for t in TARGETS.values()) + "; auto: the best for this machine")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--model", choices=list_models(), help=f"registered model with public weights (default {DEFAULT_MODEL})")
     source.add_argument("--checkpoint", type=Path, help="checkpoint file (.pth/.pt/.safetensors)")
@@ -39,6 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-slim", action="store_true", help="skip onnxslim graph cleanup")
     parser.add_argument("--verify-images", type=int, default=BuildOptions.verify_images, help="real images used by the checks")
     parser.add_argument("--data", type=Path, help="image folder in SAM-Med2D's layout for the checks")
+    parser.add_argument("--calib", type=Path, help="calibration source: a dataset in SAM-Med2D's layout or a folder of images "
+                                                   "(default: the development set, else pydicom's test images)")
+    parser.add_argument("--calib-images", type=int, default=32, help="calibration images")
+    parser.add_argument("--holdout", type=int, default=60, help="held-out masks scored by the accuracy gate")
+    parser.add_argument("--no-gate", action="store_true", help="record the accuracy gate but do not fail on it (experiments)")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("-q", "--quiet", action="store_true")
     args = parser.parse_args(argv)
@@ -47,38 +85,32 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    target = TARGETS[args.target]
+    if args.target == "auto":
+        choice, reason = choose_target()
+        print(f"auto: {choice} — {reason}")
+        target = TARGETS[choice]
+    else:
+        target = TARGETS[args.target]
+    missing = target.missing()
+    if missing:
+        print(f"target {target.name} cannot be built here: {', '.join(missing)} not installed", file=sys.stderr)
+        return 2
     name = args.checkpoint.stem if args.checkpoint else (args.model or DEFAULT_MODEL)
     out = args.out or Path("out") / f"{name}-{target.name}"
     log.info("… load %s", args.checkpoint or name)
     model = load_model(args.checkpoint or name, args.config)
     images = sample_images(args.verify_images, args.data)
-    options = BuildOptions(exporter=args.exporter, opset=args.opset, slim=not args.no_slim, verify_images=len(images))
+    calibration = calibration_set(args.calib, args.calib_images, args.holdout) if target.reduced else None
+    if calibration is not None:
+        log.info("  calibration: %s", calibration.describe())
+    options = BuildOptions(exporter=args.exporter, opset=args.opset, slim=not args.no_slim, verify_images=len(images), gate=not args.no_gate)
     try:
-        result = build_bundle(model, target, out, images, model_name=name, checkpoint=model.checkpoint_path, options=options)
-    except VerificationError as exc:
+        result = build_bundle(model, target, out, images, model_name=name, checkpoint=model.checkpoint_path,
+                              options=options, calibration=calibration)
+    except (VerificationError, GateError) as exc:
         print(f"build failed: {exc}\nno bundle was written", file=sys.stderr)
         return 1
-
-    manifest = result.manifest
-    check = manifest["verification"]
-    rows = [
-        ("graph", "file", "MB", "nodes", "max |onnx - torch|", "of max |torch|"),
-        ("encoder", "encoder.onnx", f"{manifest['graphs']['encoder']['bytes'] / 2**20:.1f}", str(manifest["graphs"]["encoder"]["nodes"]),
-         f"{check['encoder']['embedding_max_abs']:.2e}", f"{check['encoder']['embedding_max_abs_scale']:.3g}"),
-        ("decoder", "decoder.onnx", f"{manifest['graphs']['decoder']['bytes'] / 2**20:.1f}", str(manifest["graphs"]["decoder"]["nodes"]),
-         f"{check['decoder']['low_res_logits_max_abs']:.2e}", f"{check['decoder']['low_res_logits_max_abs_scale']:.3g}"),
-    ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    print()
-    for index, row in enumerate(rows):
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)))
-        if index == 0:
-            print("  ".join("-" * width for width in widths))
-    print(f"\nbundle {result.path}  target {target.name}  model {name} ({model.family})")
-    print(f"verified on {check['encoder']['images']} images, {check['decoder']['prompt_sets']} prompt sets; runtime Predictor "
-          f"masks agree on {check['predictor']['min_mask_agreement']:.4%} of pixels (worst prompt)")
-    print("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items()))
+    _summary(result, target, name, model.family)
     return 0
 
 

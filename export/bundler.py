@@ -1,8 +1,10 @@
 """Build targets and bundle assembly: checkpoint -> verified graphs -> bundle folder.
 
-A target names a backend and per-graph precisions. Building one exports the graphs into a scratch folder next to
-the output, verifies every graph against PyTorch on real images, checks the finished bundle end to end through the
-runtime `Predictor`, and only then moves it into place; any failure leaves no bundle behind.
+Every build first exports fp32 ONNX graphs and verifies them against PyTorch. A target then turns them into its
+artifacts (ONNX, int8 ONNX, OpenVINO IR, TensorRT engines), and the artifacts are checked again through the
+backend that will run them: fp32 graphs against PyTorch with fp32 tolerances, reduced-precision graphs by the
+accuracy gate (Dice on held-out data next to the fp32 graphs). Only then is the bundle moved into place; any
+failure leaves no bundle behind.
 """
 
 from __future__ import annotations
@@ -20,52 +22,120 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from sammed_edge.runtime import bundle as bundle_schema
+from sammed_edge.runtime.backends import load_backend
 from sammed_edge.runtime.predictor import Predictor
 from sammed_edge.runtime.sysinfo import tool_versions
 
-from . import graphs
+from . import graphs, quantize
+from .gate import BOX_BUDGET, POINT_BUDGET, accuracy_gate
+from .calibration import CalibrationSet
 from .models.sam import SamModel
 from .predictor import TorchPredictor
 
 log = logging.getLogger("sammed_edge.build")
 
-TOOLS = ("sammed-edge", "torch", "onnx", "onnxruntime", "onnxslim", "numpy", "opencv-python-headless")
+TOOLS = ("sammed-edge", "torch", "onnx", "onnxruntime", "onnxslim", "openvino", "nncf", "tensorrt", "numpy",
+         "opencv-python-headless")
+GRAPHS = ("encoder", "decoder")
+
+
+@dataclass(frozen=True)
+class GraphPlan:
+    """How one graph is stored and run.
+
+    Attributes:
+        precision: "fp32", "int8" (post-training quantized weights and activations), "bf16" or "fp16".
+        runtime_options: backend options the runtime applies to this graph (stored in the manifest).
+    """
+
+    precision: str = "fp32"
+    runtime_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Target:
-    """A build target: which backend runs the bundle and in what precision each graph is stored.
+    """A build target: backend, artifact format and per-graph precision.
 
     Attributes:
         name: target name on the command line.
         backend: runtime backend of the bundle.
-        precision: graph -> precision ("fp32", "fp16", "int8", ...).
+        artifact: "onnx", "openvino" (IR) or "tensorrt" (engine next to its ONNX).
+        encoder, decoder: per-graph plans.
         description: one line for --help.
-        requires: distributions the build needs.
+        requires: importable modules the build needs.
     """
 
     name: str
     backend: str
-    precision: dict[str, str]
+    artifact: str
+    encoder: GraphPlan
+    decoder: GraphPlan
     description: str
-    requires: tuple[str, ...] = field(default=("onnx", "onnxruntime"))
+    requires: tuple[str, ...] = ("onnx", "onnxruntime")
+
+    def plan(self, graph: str) -> GraphPlan:
+        return self.encoder if graph == "encoder" else self.decoder
+
+    @property
+    def reduced(self) -> bool:
+        """Any graph below fp32: judged by the accuracy gate instead of fp32 tolerances."""
+        return any(self.plan(g).precision != "fp32" for g in GRAPHS)
+
+    @property
+    def precision(self) -> dict[str, str]:
+        return {g: self.plan(g).precision for g in GRAPHS}
+
+    def missing(self) -> list[str]:
+        """What this machine lacks to build the target (empty when it can)."""
+        import importlib.util
+
+        lacking = [module for module in self.requires if importlib.util.find_spec(module) is None]
+        if self.artifact == "tensorrt":
+            from .targets import nvidia_gpu
+
+            if nvidia_gpu() is None:
+                lacking.append("an NVIDIA GPU")
+        return lacking
 
 
+FP32 = GraphPlan()
 TARGETS: dict[str, Target] = {
-    "onnx-fp32": Target("onnx-fp32", "onnxruntime", {"encoder": "fp32", "decoder": "fp32"},
+    "onnx-fp32": Target("onnx-fp32", "onnxruntime", "onnx", FP32, FP32,
                         "ONNX graphs for onnxruntime (CPU, or CUDA when present), fp32"),
+    "onnx-int8": Target("onnx-int8", "onnxruntime", "onnx", GraphPlan("int8"), FP32,
+                        "onnxruntime, encoder statically quantized to int8 (u8s8 QDQ), decoder fp32",
+                        requires=("onnx", "onnxruntime")),
+    "ov-fp32": Target("ov-fp32", "openvino", "openvino", FP32, FP32, "OpenVINO IR, fp32",
+                      requires=("onnx", "onnxruntime", "openvino")),
+    "ov-int8": Target("ov-int8", "openvino", "openvino", GraphPlan("int8"), FP32,
+                      "OpenVINO IR, encoder int8 by NNCF post-training quantization, decoder fp32",
+                      requires=("onnx", "onnxruntime", "openvino", "nncf")),
+    "ov-bf16": Target("ov-bf16", "openvino", "openvino", GraphPlan("bf16", {"inference_precision": "bf16"}), FP32,
+                      "OpenVINO IR run in bf16 (AVX512-BF16 / AMX CPUs), decoder fp32",
+                      requires=("onnx", "onnxruntime", "openvino")),
+    "trt-fp16": Target("trt-fp16", "tensorrt", "tensorrt", GraphPlan("fp16"), GraphPlan("fp16"),
+                       "TensorRT engines (NVIDIA GPU), fp16 with LayerNorm / Softmax pinned to fp32",
+                       requires=("onnx", "onnxruntime", "tensorrt", "cuda")),
+    "trt-int8": Target("trt-int8", "tensorrt", "tensorrt", GraphPlan("int8"), GraphPlan("fp16"),
+                       "TensorRT engines, encoder int8 by explicit Q/DQ from the calibration set, decoder fp16",
+                       requires=("onnx", "onnxruntime", "tensorrt", "cuda")),
 }
 
 
 @dataclass
 class BuildOptions:
-    """Knobs of a build (defaults chosen by measurement, see docs/exporters.md)."""
+    """Knobs of a build (defaults chosen by measurement: docs/exporters.md, docs/quantization.md)."""
 
     exporter: str = "torchscript"
     opset: int = graphs.DEFAULT_OPSET
     slim: bool = True
     verify_images: int = 4
     tolerance: dict[str, graphs.Tolerance] = field(default_factory=lambda: dict(graphs.FP32))
+    ort_quant_ops: tuple[str, ...] = ("Gemm",)
+    ort_calibration: str = "minmax"
+    gate: bool = True
+    box_budget: float = BOX_BUDGET
+    point_budget: float = POINT_BUDGET
 
 
 @dataclass
@@ -110,6 +180,74 @@ def check_predictor(model: SamModel, bundle_dir: Path, images: Sequence[np.ndarr
     return {"images": len(images), "min_mask_agreement": round(worst, 6)}
 
 
+def _convert(target: Target, graph: str, fp32_onnx: Path, out_dir: Path, calib: CalibrationSet | None,
+             model: SamModel, options: BuildOptions) -> dict[str, Any]:
+    """Turn one verified fp32 ONNX graph into the target's artifact; returns its manifest entry (without hashes)."""
+    from sammed_edge.runtime import processing
+
+    plan = target.plan(graph)
+    entry: dict[str, Any] = {"precision": plan.precision, "runtime_options": dict(plan.runtime_options)}
+    needs_calibration = plan.precision == "int8"
+    tensors = []
+    if needs_calibration:
+        if calib is None or not calib.images:
+            raise ValueError(f"{target.name} needs calibration images")
+        policy = model.processing_policy()
+        tensors = [processing.preprocess_image(image, policy)[0] for image in calib.images]
+    if target.artifact == "onnx":
+        path = out_dir / f"{graph}.onnx"
+        if needs_calibration:
+            entry["quantization"] = quantize.quantize_onnxruntime(fp32_onnx, path, tensors, options.ort_quant_ops, options.ort_calibration)
+        else:
+            shutil.copy(fp32_onnx, path)
+        entry.update(file=path.name, format="onnx", opset=options.opset, nodes=graphs.graph_node_count(path))
+    elif target.artifact == "openvino":
+        path = out_dir / f"{graph}.xml"
+        if needs_calibration:
+            entry["quantization"] = quantize.quantize_openvino(fp32_onnx, path, tensors)
+        else:
+            entry["conversion"] = quantize.convert_openvino(fp32_onnx, path)
+        entry.update(file=path.name, weights_file=path.with_suffix(".bin").name, format="openvino-ir")
+    elif target.artifact == "tensorrt":
+        from . import trt_build
+
+        source = out_dir / f"{graph}.onnx"
+        if needs_calibration:  # explicit quantization: symmetric int8 Q/DQ, as TensorRT expects
+            entry["quantization"] = quantize.quantize_onnxruntime(fp32_onnx, source, tensors, ("Conv", "Gemm", "MatMul"),
+                                                                  options.ort_calibration, symmetric=True)
+        else:
+            shutil.copy(fp32_onnx, source)
+        engine = out_dir / f"{graph}.engine"
+        contract = graphs.encoder_contract(model) if graph == "encoder" else graphs.decoder_contract(model)
+        entry["tensorrt_compat"] = trt_build.check_tensorrt_compat(source, contract)
+        report = trt_build.build_engine(source, engine, contract, plan.precision, timing_cache=out_dir.parent / "timing.cache")
+        entry.update(file=engine.name, onnx_file=source.name, format="tensorrt-engine", engine=report)
+        entry["runtime_options"]["built_with"] = {"tensorrt": report["tensorrt"], "gpu": report["gpu"]}
+    else:
+        raise ValueError(f"unknown artifact kind {target.artifact!r}")
+    return entry
+
+
+def _hash_entries(root: Path, entries: dict[str, dict[str, Any]]) -> None:
+    for entry in entries.values():
+        for key in [k for k in entry if k == "file" or k.endswith("_file")]:
+            digest_key = "sha256" if key == "file" else key[: -len("file")] + "sha256"
+            entry[digest_key] = bundle_schema.sha256_file(root / entry[key])
+            entry["bytes"] = entry.get("bytes", 0) + (root / entry[key]).stat().st_size
+
+
+def _fp32_manifest(model: SamModel, folder: Path) -> None:
+    """A manifest for the verified fp32 ONNX graphs, so the gate can run them through the same runtime code."""
+    entries = {g: {"file": f"{g}.onnx", "contract": c.to_dict()} for g, c in
+               (("encoder", graphs.encoder_contract(model)), ("decoder", graphs.decoder_contract(model)))}
+    _hash_entries(folder, entries)
+    manifest = {"schema": bundle_schema.SCHEMA, "schema_version": bundle_schema.SCHEMA_VERSION,
+                "model": {"name": "fp32-reference", "family": model.family}, "processing": model.processing_policy().to_dict(),
+                "target": {"name": "onnx-fp32", "backend": "onnxruntime", "precision": {g: "fp32" for g in GRAPHS}},
+                "graphs": entries, "provenance": {}, "verification": {}}
+    bundle_schema.write_manifest(folder, manifest)
+
+
 def build_bundle(
     model: SamModel,
     target: Target,
@@ -118,8 +256,9 @@ def build_bundle(
     model_name: str,
     checkpoint: str | Path | None,
     options: BuildOptions | None = None,
+    calibration: CalibrationSet | None = None,
 ) -> BuildResult:
-    """Export, verify and write a bundle for `target`.
+    """Export, convert, verify (and for reduced precision, gate) a bundle for `target`.
 
     Args:
         model: the PyTorch model (eval mode).
@@ -128,71 +267,98 @@ def build_bundle(
         images: real H x W x 3 uint8 images for verification.
         model_name: registry name or a label for a custom checkpoint.
         checkpoint: the weights file, for provenance.
-        options: exporter settings.
+        options: exporter, quantization and gate settings.
+        calibration: calibration images and gate data (needed by int8 targets and by the gate).
 
     Raises:
-        graphs.VerificationError: a graph or the assembled bundle disagrees with PyTorch (no bundle is written).
+        graphs.VerificationError: a graph disagrees with PyTorch (no bundle is written).
+        gate.GateError: a reduced-precision build lost too much accuracy (no bundle is written).
+        RuntimeError: the target cannot be built on this machine (names what is missing).
         FileExistsError: `out` exists and is not a bundle.
     """
     options = options or BuildOptions()
+    missing = target.missing()
+    if missing:
+        raise RuntimeError(f"target {target.name} needs {', '.join(missing)}, not installed here")
     out = Path(out)
     if out.exists() and not (out / bundle_schema.MANIFEST).is_file() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not a bundle; choose another --out")
     out.parent.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
     scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    fp32_dir, bundle_dir = scratch / "fp32", scratch / "bundle"
+    fp32_dir.mkdir()
+    bundle_dir.mkdir()
     try:
-        graph_entries: dict[str, dict[str, Any]] = {}
-        for name, export, contract in (
-            ("encoder", graphs.export_encoder, graphs.encoder_contract(model)),
-            ("decoder", graphs.export_decoder, graphs.decoder_contract(model)),
-        ):
+        exported: dict[str, dict[str, Any]] = {}
+        for name, export in (("encoder", graphs.export_encoder), ("decoder", graphs.export_decoder)):
             done = _step(f"export {name}", seconds)
-            path = export(model, scratch / f"{name}.onnx", exporter=options.exporter, opset=options.opset)
-            slim = graphs.slim(path) if options.slim else None
+            path = export(model, fp32_dir / f"{name}.onnx", exporter=options.exporter, opset=options.opset)
+            exported[name] = {"onnxslim": graphs.slim(path) if options.slim else None}
             done()
-            graph_entries[name] = {
-                "file": path.name, "sha256": None, "contract": contract.to_dict(), "format": "onnx", "opset": options.opset,
-                "precision": target.precision[name], "nodes": graphs.graph_node_count(path), "onnxslim": slim,
-            }
         verification: dict[str, Any] = {}
-        done = _step(f"verify encoder on {len(images)} images", seconds)
-        verification["encoder"] = graphs.verify_encoder(model, scratch / "encoder.onnx", images, options.tolerance["encoder"])
+        done = _step(f"verify fp32 ONNX graphs against PyTorch on {len(images)} images", seconds)
+        verification["onnx_fp32"] = {
+            "encoder": graphs.verify_encoder(model, fp32_dir / "encoder.onnx", images, options.tolerance["encoder"]),
+            "decoder": graphs.verify_decoder(model, fp32_dir / "decoder.onnx", images, options.tolerance["decoder"]),
+        }
         done()
-        done = _step("verify decoder", seconds)
-        verification["decoder"] = graphs.verify_decoder(model, scratch / "decoder.onnx", images, options.tolerance["decoder"])
+
+        entries: dict[str, dict[str, Any]] = {}
+        contracts = {"encoder": graphs.encoder_contract(model), "decoder": graphs.decoder_contract(model)}
+        for name in GRAPHS:
+            done = _step(f"{target.name}: {name} ({target.plan(name).precision})", seconds)
+            entry = _convert(target, name, fp32_dir / f"{name}.onnx", bundle_dir, calibration, model, options)
+            entry["contract"] = contracts[name].to_dict()
+            entry.update(exported[name])
+            entries[name] = entry
+            done()
+        done = _step(f"verify {target.name} artifacts through {target.backend}", seconds)
+        for name, verify in (("encoder", graphs.verify_encoder), ("decoder", graphs.verify_decoder)):
+            entry = entries[name]
+            backend = load_backend(target.backend, bundle_dir / entry["file"], contracts[name], **entry["runtime_options"])
+            exact = entry["precision"] == "fp32"
+            verification[name] = verify(model, backend, images, options.tolerance[name] if exact else None)
+            verification[name]["judged_by"] = "fp32 tolerance" if exact else "accuracy gate"
         done()
-        for entry in graph_entries.values():
-            entry["sha256"] = bundle_schema.sha256_file(scratch / entry["file"])
-            entry["bytes"] = (scratch / entry["file"]).stat().st_size
+        _hash_entries(bundle_dir, entries)
         manifest = {
             "schema": bundle_schema.SCHEMA,
             "schema_version": bundle_schema.SCHEMA_VERSION,
             "model": {"name": model_name, "family": model.family, "config": model.config},
             "processing": model.processing_policy().to_dict(),
             "target": {"name": target.name, "backend": target.backend, "precision": target.precision},
-            "graphs": graph_entries,
+            "graphs": entries,
             "provenance": {
                 "checkpoint": {"path": str(checkpoint) if checkpoint else None,
                                "sha256": bundle_schema.sha256_file(checkpoint) if checkpoint and Path(checkpoint).is_file() else None},
                 "exporter": {"kind": options.exporter, "opset": options.opset, "onnxslim": options.slim},
+                "calibration": calibration.describe() if calibration is not None and target.reduced else None,
                 "tools": tool_versions(*TOOLS),
                 "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 "command": " ".join(sys.argv),
             },
             "verification": verification,
         }
-        bundle_schema.write_manifest(scratch, manifest)
-        done = _step("check the bundle through the runtime Predictor", seconds)
-        verification["predictor"] = check_predictor(model, scratch, images[:2])
-        verification["passed"] = True
-        bundle_schema.write_manifest(scratch, manifest)
+        bundle_schema.write_manifest(bundle_dir, manifest)
+        if target.reduced:
+            done = _step("accuracy gate on held-out data" + ("" if options.gate else " (not enforced: --no-gate)"), seconds)
+            if calibration is None:
+                raise ValueError("reduced-precision targets need calibration data for the accuracy gate")
+            _fp32_manifest(model, fp32_dir)
+            verification["gate"] = accuracy_gate(
+                Predictor.from_bundle(fp32_dir, cache_size=0), Predictor.from_bundle(bundle_dir, cache_size=0),
+                calibration.holdout, calibration.holdout_images, options.box_budget, options.point_budget, enforce=options.gate,
+            )
+        else:
+            done = _step("check the bundle through the runtime Predictor", seconds)
+            verification["predictor"] = check_predictor(model, bundle_dir, images[:2])
+        verification["passed"] = bool(verification.get("gate", {}).get("passed", True))
+        bundle_schema.write_manifest(bundle_dir, manifest)
         done()
         if out.exists():
             shutil.rmtree(out)
-        scratch.rename(out)
-    except BaseException:
+        bundle_dir.rename(out)
+    finally:
         shutil.rmtree(scratch, ignore_errors=True)
-        raise
     return BuildResult(out, manifest, seconds)
-

@@ -206,7 +206,8 @@ class Predictor(PromptPredictor):
             threads: CPU threads per graph (default: the backend's choice).
             cache_size: embeddings kept (LiteMedSAM: 4 MB each; SAM-Med2D: 256 KB); 0 disables the cache.
             verify: check the bundle's artifact hashes on load.
-            **backend_options: passed to both graphs' backends (e.g. device="cuda"), over `GRAPH_DEFAULTS`.
+            **backend_options: passed to both graphs' backends (e.g. device="cuda"), over `GRAPH_DEFAULTS` and the
+                options the bundle records for each graph (e.g. bf16 inference precision).
             encoder_options, decoder_options: options for one graph only (e.g. encoder_options={"arena_shrinkage": False}).
 
         Raises:
@@ -218,7 +219,8 @@ class Predictor(PromptPredictor):
         graphs = {}
         own = {"encoder": encoder_options or {}, "decoder": decoder_options or {}}
         for graph in ("encoder", "decoder"):
-            options = {**GRAPH_DEFAULTS.get(name, {}).get(graph, {}), **backend_options, **own[graph]}
+            recorded = bundle.manifest["graphs"][graph].get("runtime_options", {}) if name == bundle.backend else {}
+            options = {**GRAPH_DEFAULTS.get(name, {}).get(graph, {}), **recorded, **backend_options, **own[graph]}
             graphs[graph] = load_backend(name, bundle.path(graph), bundle.contract(graph), threads=threads, **options)
         return cls(bundle, graphs["encoder"], graphs["decoder"], cache_size=cache_size)
 

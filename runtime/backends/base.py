@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from pathlib import Path
 from typing import Any, Mapping, Protocol
 
@@ -13,7 +14,11 @@ from ..contract import GraphContract
 # backend name -> "module:class"; modules are imported only when their backend is asked for
 BACKENDS = {
     "onnxruntime": "sammed_edge.runtime.backends.onnxruntime:OnnxRuntimeBackend",
+    "openvino": "sammed_edge.runtime.backends.openvino:OpenVinoBackend",
+    "tensorrt": "sammed_edge.runtime.backends.tensorrt:TensorRTBackend",
 }
+# backend name -> the module that provides its SDK
+SDKS = {"onnxruntime": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}
 
 
 class BackendError(RuntimeError):
@@ -41,9 +46,8 @@ class Backend(Protocol):
 def available_backends() -> list[str]:
     """Backends whose SDK is importable here."""
     found = []
-    for name, target in BACKENDS.items():
-        sdk = {"onnxruntime": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}.get(name, name)
-        if importlib.util.find_spec(sdk) is not None:
+    for name in BACKENDS:
+        if importlib.util.find_spec(SDKS.get(name, name)) is not None:
             found.append(name)
     return found
 

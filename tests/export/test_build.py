@@ -71,7 +71,7 @@ def test_failed_verification_leaves_no_bundle(tmp_path, tiny_model, monkeypatch)
     real_export = graphs.export_decoder
     monkeypatch.setattr(graphs, "export_decoder", lambda model, path, **kw: real_export(other, path, **kw))
     out = tmp_path / "bundle"
-    with pytest.raises(graphs.VerificationError, match=r"low_res_logits_max_abs: max \|onnx - torch\| = .* exceeds"):
+    with pytest.raises(graphs.VerificationError, match=r"low_res_logits_max_abs: max \|exported - torch\| = .* exceeds"):
         build_bundle(tiny_model, TARGETS["onnx-fp32"], out, [phantom(100)[0]], model_name="tiny", checkpoint=None)
     assert not out.exists()
     assert list(tmp_path.iterdir()) == [], "scratch folders must be removed"

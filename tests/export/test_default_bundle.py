@@ -26,7 +26,7 @@ def test_build_default_and_segment(tmp_path, shared, lite_medsam_model):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["model"]["name"] == "lite_medsam" and manifest["verification"]["passed"]
     assert manifest["provenance"]["checkpoint"]["sha256"].startswith("79d8c9dc")
-    assert "verified on 4 images" in build.stdout
+    assert "verified against PyTorch on 4 images" in build.stdout
 
     item = next(i for i in read_dataset(shared("data", "medseg-dev")) if i.modality == "CT")
     truth = read_mask(item.mask)

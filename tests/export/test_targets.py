@@ -1,0 +1,164 @@
+"""Reduced-precision and OpenVINO targets, the accuracy gate, and what can be proven of TensorRT without it."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sammed_edge.export import trt_build
+from sammed_edge.export.bundler import TARGETS, BuildOptions, build_bundle
+from sammed_edge.export.calibration import CalibrationSet, split_dataset
+from sammed_edge.export.gate import GateError
+from sammed_edge.export.predictor import TorchPredictor
+from sammed_edge.export.targets import choose_target
+from sammed_edge.runtime import Predictor
+from sammed_edge.runtime.bundle import load_bundle
+from sammed_edge.runtime.samples import phantom
+
+REPO = Path(__file__).resolve().parents[2]
+HAS_OPENVINO = importlib.util.find_spec("openvino") is not None and importlib.util.find_spec("nncf") is not None
+needs_openvino = pytest.mark.skipif(not HAS_OPENVINO, reason="OpenVINO and NNCF are not installed")
+
+
+def tiny_calibration() -> CalibrationSet:
+    images = [phantom(96 + 8 * i, seed=i)[0] for i in range(10)]
+    return CalibrationSet(images[:6], [], images[6:], source="synthetic phantoms")
+
+
+def build(tiny_model, target, tmp_path, **options):
+    images = [phantom(110, seed=20)[0], phantom(140, seed=21)[0]]
+    return build_bundle(tiny_model, TARGETS[target], tmp_path / target, images, model_name="tiny", checkpoint=None,
+                        options=BuildOptions(**options), calibration=tiny_calibration())
+
+
+def test_target_table():
+    assert {"onnx-fp32", "onnx-int8", "ov-fp32", "ov-int8", "ov-bf16", "trt-fp16", "trt-int8"} <= set(TARGETS)
+    assert TARGETS["ov-int8"].precision == {"encoder": "int8", "decoder": "fp32"} and TARGETS["ov-int8"].reduced
+    assert not TARGETS["onnx-fp32"].reduced
+    name, reason = choose_target()
+    assert name in TARGETS and reason
+
+
+def test_onnx_int8_is_gated_and_runs_int8_kernels(tiny_model, tmp_path):
+    result = build(tiny_model, "onnx-int8", tmp_path)
+    manifest = result.manifest
+    entry = manifest["graphs"]["encoder"]
+    assert entry["precision"] == "int8" and entry["quantization"]["calibration_images"] == 6
+    kernels = entry["quantization"]["int8_kernels"]
+    assert sum(v for k, v in kernels.items() if k != "DequantizeLinear_left") > 0, kernels
+    gate = manifest["verification"]["gate"]
+    assert gate["ground_truth"] == "fp32 predictions" and set(gate["drop"]) == {"box", "points1"}
+    assert manifest["verification"]["encoder"]["judged_by"] == "accuracy gate"
+    assert manifest["provenance"]["calibration"]["source"] == "synthetic phantoms"
+    predictor = Predictor.from_bundle(result.path)
+    predictor.set_image(phantom(100)[0])
+    masks, _, _ = predictor.predict(box=[10, 10, 80, 80])
+    assert masks.shape == (3, 100, 100)
+
+
+def test_gate_failure_leaves_no_bundle_and_no_gate_records(tiny_model, tmp_path):
+    with pytest.raises(GateError, match="accuracy gate failed"):
+        build(tiny_model, "onnx-int8", tmp_path, box_budget=-1.0)
+    assert not (tmp_path / "onnx-int8").exists()
+    result = build(tiny_model, "onnx-int8", tmp_path, box_budget=-1.0, gate=False)
+    gate = result.manifest["verification"]["gate"]
+    assert gate["enforced"] is False and gate["passed"] is False and result.manifest["verification"]["passed"] is False
+
+
+@needs_openvino
+def test_openvino_fp32_matches_torch(tiny_model, tmp_path):
+    result = build(tiny_model, "ov-fp32", tmp_path)
+    manifest = result.manifest
+    assert manifest["graphs"]["encoder"]["format"] == "openvino-ir" and manifest["graphs"]["encoder"]["weights_file"] == "encoder.bin"
+    load_bundle(result.path)  # both IR files hashed and checked
+    runtime, reference = Predictor.from_bundle(result.path), TorchPredictor(tiny_model)
+    image = np.random.default_rng(3).integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    runtime.set_image(image)
+    reference.set_image(image)
+    ours = runtime.predict(point_coords=[[40, 30]], point_labels=[1])[2]
+    np.testing.assert_allclose(ours, reference.predict(point_coords=[[40, 30]], point_labels=[1])[2], atol=1e-4, rtol=1e-4)
+    # concurrent calls (one infer request per thread) give the serial results
+    prompts = [dict(point_coords=[[10 + i, 20 + i]], point_labels=[1]) for i in range(30)]
+    serial = [runtime.predict(**p)[2] for p in prompts]
+    mismatches = []
+
+    def worker() -> None:
+        for i, p in enumerate(prompts):
+            if not np.array_equal(runtime.predict(**p)[2], serial[i]):
+                mismatches.append(i)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not mismatches
+
+
+@needs_openvino
+def test_openvino_int8(tiny_model, tmp_path):
+    result = build(tiny_model, "ov-int8", tmp_path)
+    entry = result.manifest["graphs"]["encoder"]
+    assert entry["quantization"]["fake_quantize_nodes"] > 0
+    assert result.manifest["verification"]["gate"]["holdout_masks"] > 0
+
+
+def test_tensorrt_target_fails_at_once_without_it(tmp_path):
+    if not TARGETS["trt-fp16"].missing():
+        pytest.skip("TensorRT and a GPU are present")
+    out = subprocess.run([sys.executable, str(REPO / "export" / "build.py"), "--target", "trt-fp16", "--out", str(tmp_path / "b")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert "cannot be built here" in out.stderr and ("tensorrt" in out.stderr or "NVIDIA GPU" in out.stderr)
+    assert not (tmp_path / "b").exists()
+
+
+def test_graphs_satisfy_tensorrt_constraints(tiny_bundle):
+    bundle = load_bundle(tiny_bundle)
+    for graph in ("encoder", "decoder"):
+        report = trt_build.check_tensorrt_compat(bundle.path(graph), bundle.contract(graph))
+        assert report["problems"] == [], report
+    decoder = trt_build.check_tensorrt_compat(bundle.path("decoder"), bundle.contract("decoder"))
+    assert decoder["dynamic_axes"] == {"num_points": [1, 4, 64]}
+
+
+def test_tensorrt_check_flags_foreign_operators(tmp_path, tiny_bundle):
+    import onnx
+    from onnx import helper
+
+    bundle = load_bundle(tiny_bundle)
+    model = onnx.load(str(bundle.path("decoder")))
+    model.graph.node.append(helper.make_node("FusedGemm", ["x"], ["y"], domain="com.microsoft"))
+    path = tmp_path / "foreign.onnx"
+    onnx.save(model, str(path))
+    report = trt_build.check_tensorrt_compat(path, bundle.contract("decoder"))
+    assert any("com.microsoft::FusedGemm" in p for p in report["problems"])
+
+
+@pytest.mark.tensorrt
+@pytest.mark.gpu
+def test_tensorrt_engine_build_and_run(tiny_model, tmp_path):
+    pytest.importorskip("tensorrt")
+    if TARGETS["trt-fp16"].missing():
+        pytest.skip("needs TensorRT, cuda-python and an NVIDIA GPU")
+    result = build(tiny_model, "trt-fp16", tmp_path)
+    predictor = Predictor.from_bundle(result.path)
+    predictor.set_image(phantom(100)[0])
+    assert predictor.predict(box=[10, 10, 80, 80])[0].shape == (3, 100, 100)
+
+
+def test_calibration_split_is_disjoint(shared):
+    from sammed_edge.runtime.io import read_dataset
+
+    items = read_dataset(shared("data", "medseg-dev"))
+    calib, holdout = split_dataset(items, calibration=32, holdout=60)
+    assert len(calib) == 32 and len(holdout) == 60
+    assert not {p.name for p in calib} & {item.image.name for item in holdout}
+    again = split_dataset(items, calibration=32, holdout=60)
+    assert [p.name for p in again[0]] == [p.name for p in calib]
