@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sammed_edge.kernels.triton import relpos_attention, relpos_attention_supported
+
 from .common import LayerNorm2d, MLPBlock, activation
 
 
@@ -121,12 +123,28 @@ class Attention(nn.Module):
         tokens = height * width
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.reshape(3, batch * self.num_heads, tokens, -1).unbind(0)
-        bias = None
-        if self.use_rel_pos:
+        if not self.use_rel_pos:
+            out = F.scaled_dot_product_attention(q, k, v)
+        elif relpos_attention_supported(q, k, v):
+            out = self._fused_rel_pos_attention(q, k, v, (height, width))
+        else:
             bias = decomposed_rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, (height, width), (height, width))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         out = out.view(batch, self.num_heads, height, width, -1).permute(0, 2, 3, 1, 4).reshape(batch, height, width, -1)
         return self.proj(out)
+
+    def _fused_rel_pos_attention(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid: tuple[int, int]
+    ) -> torch.Tensor:
+        """The same attention through the Triton kernel: only the per-axis terms of `decomposed_rel_pos_bias` are
+        formed ((S, N, h) and (S, N, w)); the kernel adds them to the logits tile by tile."""
+        height, width = grid
+        table_h = relative_position_table(height, height, self.rel_pos_h).to(q.dtype)
+        table_w = relative_position_table(width, width, self.rel_pos_w).to(q.dtype)
+        grid_q = q.reshape(q.shape[0], height, width, q.shape[-1])
+        rel_h = torch.einsum("bhwc,hkc->bhwk", grid_q, table_h).reshape(q.shape[0], height * width, height)
+        rel_w = torch.einsum("bhwc,wkc->bhwk", grid_q, table_w).reshape(q.shape[0], height * width, width)
+        return relpos_attention(q, k, v, rel_h, rel_w)
 
 
 class Adapter(nn.Module):
