@@ -1,0 +1,77 @@
+"""The Gradio app: page content, the default bundle, and the server process (torch-free, loopback)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sammed_edge.demo import app
+from sammed_edge.demo.engine import DemoSession
+from sammed_edge.demo.examples import example_by_name
+
+
+def test_page_content_follows_the_session(engine):
+    empty = DemoSession()
+    assert "Load an image" in app.status_markdown(empty)
+    assert json.loads(app.state_json(empty))["seq"] == 0
+    opened = engine.open(empty, example_by_name("NIfTI MR").path)
+    clicked = engine.click(opened, (300, 300))
+    assert "example4d.nii.gz" in app.status_markdown(clicked) and "slice 12 of 24" in app.status_markdown(clicked)
+    assert "&lt;b&gt;" in app.status_markdown(clicked, "<b>")  # errors are escaped
+    latency = app.latency_markdown(clicked)
+    assert "encoder (last run)" in latency and "last click: decoder" in latency
+    data = json.loads(app.state_json(clicked))
+    assert data["seq"] == 2 and data["image"]["kind"] == "nifti" and data["image"]["count"] == 24
+    assert data["mask"]["sha256"] == data["objects"][0]["sha256"]
+    assert data["objects"][0]["clicks"] == [[75, 75, 1]]  # shown 4 times enlarged
+    assert "<table>" in app.objects_html(clicked)
+
+
+def test_build_app(engine):
+    blocks = app.build_app(engine)
+    ids = {getattr(block, "elem_id", None) for block in blocks.blocks.values()}
+    assert {"canvas", "page-state", "mode", "undo", "reset", "new-object", "candidates", "slice", "window"} <= ids
+
+
+def test_explicit_bundle_must_exist(tmp_path):
+    with pytest.raises(SystemExit, match="not a bundle"):
+        app.ensure_bundle(tmp_path)
+    (tmp_path / "manifest.json").write_text("{}")
+    assert app.ensure_bundle(tmp_path) == tmp_path
+
+
+def test_default_bundle_is_built_once_in_a_child_process(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    calls = []
+
+    def fake_run(command, check=False):
+        calls.append(command)
+        Path(command[command.index("--out") + 1], "manifest.json").parent.mkdir(parents=True)
+        Path(command[command.index("--out") + 1], "manifest.json").write_text("{}")
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(app.subprocess, "run", fake_run)
+    assert app.ensure_bundle(None) == app.DEFAULT_BUNDLE
+    assert calls == [[sys.executable, "-m", "sammed_edge.export.build", "--target", "onnx-fp32", "--out",
+                      str(app.DEFAULT_BUNDLE)]]
+    assert app.ensure_bundle(None) == app.DEFAULT_BUNDLE and len(calls) == 1  # not rebuilt
+
+    monkeypatch.setattr(app, "DEFAULT_BUNDLE", Path("elsewhere"))
+    monkeypatch.setattr(app.subprocess, "run", lambda command, check=False: subprocess.CompletedProcess(command, 1))
+    with pytest.raises(SystemExit, match="export extra"):
+        app.ensure_bundle(None)
+
+
+def test_server_process_is_torch_free_on_loopback(demo_server):
+    from gradio_client import Client
+
+    info = Client(demo_server["url"], verbose=False).predict(api_name="/server_info")
+    assert info["torch_imported"] is False
+    assert info["backend"] == "onnxruntime"
+    log = demo_server["log"].read_text(errors="replace")
+    assert "Running on local URL:  http://127.0.0.1:" in log
+    assert demo_server["process"].poll() is None
