@@ -47,6 +47,8 @@ def _summary(result, target, name, family) -> None:
     print(f"\nbundle {result.path}  target {target.name} ({target.backend})  model {name} ({family})")
     print(f"fp32 graphs verified against PyTorch on {check['onnx_fp32']['encoder']['images']} images, "
           f"{check['onnx_fp32']['decoder']['prompt_sets']} prompt sets")
+    fused = {g: e["fusion"] for g, e in manifest["graphs"].items() if e.get("fusion", {}).get("applied")}
+    print("attention fused: " + (", ".join(f"{g} {sum(r['counts'].values())} x {r['op']}" for g, r in fused.items()) or "none"))
     if "predictor" in check:
         print(f"runtime Predictor masks agree with PyTorch on {check['predictor']['min_mask_agreement']:.4%} of pixels (worst prompt)")
     if "gate" in check:
@@ -76,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
                                                    "(default: the development set, else pydicom's test images)")
     parser.add_argument("--calib-images", type=int, default=32, help="calibration images")
     parser.add_argument("--holdout", type=int, default=60, help="held-out masks scored by the accuracy gate")
+    parser.add_argument("--no-fuse", action="store_true",
+                        help="keep the unfused attention subgraphs (default: fused where measured faster, docs/fusion.md)")
     parser.add_argument("--no-gate", action="store_true", help="record the accuracy gate but do not fail on it (experiments)")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("-q", "--quiet", action="store_true")
@@ -103,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     calibration = calibration_set(args.calib, args.calib_images, args.holdout) if target.reduced else None
     if calibration is not None:
         log.info("  calibration: %s", calibration.describe())
-    options = BuildOptions(exporter=args.exporter, opset=args.opset, slim=not args.no_slim, verify_images=len(images), gate=not args.no_gate)
+    options = BuildOptions(exporter=args.exporter, opset=args.opset, slim=not args.no_slim, verify_images=len(images), fuse=not args.no_fuse,
+                           gate=not args.no_gate)
     try:
         result = build_bundle(model, target, out, images, model_name=name, checkpoint=model.checkpoint_path,
                               options=options, calibration=calibration)

@@ -12,7 +12,7 @@ from ..contract import GraphContract
 from .base import BackendError
 
 _HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
-_PRECISIONS = {"fp32": "f32", "f32": "f32", "bf16": "bf16", "fp16": "f16", "f16": "f16"}
+_PRECISIONS = {"fp32": "f32", "f32": "f32", "bf16": "bf16", "fp16": "f16", "f16": "f16", "bf16-or-fp32": None}
 
 
 class OpenVinoBackend:
@@ -25,7 +25,8 @@ class OpenVinoBackend:
         device: OpenVINO device name ("CPU", "GPU", "AUTO").
         hint: performance hint, "latency" (one image at a time, the interactive case) or "throughput".
         streams: parallel inference streams (default 1 with the latency hint).
-        inference_precision: "fp32" or "bf16" (uses AVX512-BF16 / AMX where the CPU has it) or "fp16".
+        inference_precision: "fp32", "bf16" (needs AVX512-BF16 / AMX), "fp16", or "bf16-or-fp32": bf16 where the
+            CPU has it, else fp32 (what reduced-precision bundles record, so they run on any CPU).
         cache_dir: folder for OpenVINO's compiled-model cache (faster second start).
         check_feeds: validate feeds against the contract before running.
 
@@ -57,7 +58,10 @@ class OpenVinoBackend:
         core = ov.Core()
         if device.split(":")[0] not in ("AUTO", "HETERO", "MULTI") and device not in core.available_devices:
             raise BackendError(f"OpenVINO device {device!r} is not available (has {core.available_devices})")
-        if inference_precision == "bf16" and device == "CPU" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        has_bf16 = device != "CPU" or "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        if inference_precision == "bf16-or-fp32":
+            inference_precision = "bf16" if has_bf16 else "fp32"
+        if inference_precision == "bf16" and not has_bf16:
             raise BackendError("bf16 inference needs a CPU with AVX512-BF16 or AMX; this one has none")
         config: dict[str, Any] = {"PERFORMANCE_HINT": _HINTS[hint], "INFERENCE_PRECISION_HINT": _PRECISIONS[inference_precision]}
         if threads:
