@@ -30,6 +30,7 @@ from sammed_edge.runtime.sysinfo import machine, tool_versions
 
 from .graphs import export_decoder, export_encoder, graph_node_count
 from .models import load_model
+from .models.sam import SamModel
 
 BEGIN, END = "<!-- bench_targets: begin -->", "<!-- bench_targets: end -->"
 NAIVE = "naive"
@@ -37,11 +38,12 @@ NAIVE = "naive"
 ORT_DEFAULTS = {"encoder": {"memory_pattern": True, "arena_shrinkage": False}, "decoder": {"memory_arena": True}}
 
 
-def naive_bundle(reference: Path, out: Path) -> Path:
+def naive_bundle(reference: Path, out: Path, model: SamModel | None = None) -> Path:
     """A bundle of `reference`'s model exported the plain way, run with onnxruntime's defaults.
 
     Copies `reference` (an onnx-fp32 bundle) and replaces its graphs with fresh TorchScript exports at opset 17
     without onnxslim; the manifest records onnxruntime's default options, so `Predictor.from_bundle` runs them so.
+    `model` defaults to the bundle's checkpoint (or registered name).
     """
     bundle = load_bundle(reference)
     if bundle.backend != "onnxruntime":
@@ -49,7 +51,7 @@ def naive_bundle(reference: Path, out: Path) -> Path:
     manifest = json.loads(json.dumps(bundle.manifest))
     checkpoint = manifest["provenance"]["checkpoint"].get("path")
     source = checkpoint if checkpoint and Path(checkpoint).is_file() else manifest["model"]["name"]
-    model = load_model(source).eval()
+    model = (model if model is not None else load_model(source)).eval()
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -60,6 +62,7 @@ def naive_bundle(reference: Path, out: Path) -> Path:
         entry["runtime_options"] = dict(ORT_DEFAULTS[graph])
         entry.pop("onnxslim", None)
         entry.update(opset=17, nodes=graph_node_count(path), bytes=path.stat().st_size)
+        entry.pop("fusion", None)
         for key in [k for k in entry if k.endswith("_file")]:  # no external-data side files in a plain export
             entry.pop(key)
             entry.pop(key[: -len("file")] + "sha256", None)
@@ -125,6 +128,14 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {name} | {enc:.0f} | {naive['encoder']['median_ms'] / enc:.2f}x | {click:.1f} | "
             f"{naive['click']['median_ms'] / click:.2f}x | {e2e:.0f} | {rss_text} | {dice_text} | {delta_text} |"
         )
+    lines += ["", "Where a click's time goes (same run; medians):", "",
+              "| target | prompt transforms ms | decoder graph ms | upsample to 512 x 512 + threshold ms | click ms |",
+              "|---|---:|---:|---:|---:|"]
+    for name, row in rows.items():
+        timing = row["runtime"]
+        if "click_decoder" in timing:
+            lines.append(f"| {name} | {timing['click_prompts']['median_ms']:.2f} | {timing['click_decoder']['median_ms']:.1f} | "
+                         f"{timing['click_post']['median_ms']:.2f} | {timing['click']['median_ms']:.1f} |")
     masks = {row["dice"]["masks"] for row in rows.values() if row.get("dice")}
     lines += ["", f"Box Dice over {', '.join(map(str, sorted(masks))) or 'no'} dev-set masks (whole-mask box, `sammed-edge "
               "evaluate --modes box`); torch eager peak RSS is not measured (it is not a shipped runtime)."]

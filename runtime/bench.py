@@ -4,6 +4,8 @@ Measured (medians and p90 over `runs`, after warm-up, on 512 x 512 inputs):
     encoder: the encoder graph alone on a preprocessed image;
     set_image: preprocessing + encoder for a new image (cache miss);
     click: one positive click with the previous mask fed back, single mask, including post-processing to 512 x 512;
+        split into click_prompts (prompt checks and transforms), click_decoder (the decoder graph alone) and
+        click_post (upsampling the logits to 512 x 512 and thresholding);
     click_3: one click returning the 3 multimask candidates at full resolution;
     end_to_end: a new image, then its first click;
     cold_start: wall time from spawning a new process to its first mask (interpreter start, imports, bundle load
@@ -85,6 +87,16 @@ def measure_predictor(predictor: Any, runs: int = 20, warmup: int = 3, size: int
     }
     predictor.set_image(image)
     results["click"] = _time(lambda: predictor.predict(point_coords=click, point_labels=[1], mask_input=previous, multimask_output=False), runs * 3, warmup)
+    embedding, geometry = predictor._current()
+    prompts = processing.check_prompts(geometry, predictor.policy, click, [1], None, previous)
+    inputs = processing.decoder_inputs(prompts, geometry, predictor.policy)
+    low, _ = predictor._decode(embedding, inputs, False)
+    low = np.asarray(low, dtype=np.float32)
+    results["click_prompts"] = _time(lambda: processing.decoder_inputs(
+        processing.check_prompts(geometry, predictor.policy, click, [1], None, previous), geometry, predictor.policy), runs * 3, warmup)
+    results["click_decoder"] = _time(lambda: predictor._decode(embedding, inputs, False), runs * 3, warmup)
+    results["click_post"] = _time(lambda: processing.postprocess_logits(low, geometry, predictor.policy) > predictor.policy.mask_threshold,
+                                  runs * 3, warmup)
     results["click_3"] = _time(lambda: predictor.predict(point_coords=click, point_labels=[1]), runs * 3, warmup)
     return results
 

@@ -1,0 +1,30 @@
+"""The naive baseline of the multi-target benchmark: a plain export run with onnxruntime's defaults."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sammed_edge.export.bench_targets import NAIVE, naive_bundle
+from sammed_edge.runtime import Predictor
+from sammed_edge.runtime.bundle import load_bundle
+from sammed_edge.runtime.samples import phantom
+
+
+def test_naive_bundle_is_unfused_unslimmed_with_onnxruntime_defaults(tiny_bundle, tiny_model, tmp_path):
+    out = naive_bundle(tiny_bundle, tmp_path / "naive", model=tiny_model)
+    bundle = load_bundle(out)  # hashes verified
+    assert bundle.manifest["target"]["name"] == NAIVE
+    fused = load_bundle(tiny_bundle).manifest["graphs"]
+    for graph in ("encoder", "decoder"):
+        entry = bundle.manifest["graphs"][graph]
+        assert entry["opset"] == 17 and "onnxslim" not in entry and "fusion" not in entry
+        assert entry["nodes"] > fused[graph]["nodes"]  # no cleaning, no fusion
+    naive, ours = Predictor.from_bundle(out), Predictor.from_bundle(tiny_bundle)
+    assert naive.encoder.describe()["memory_pattern"] is True and naive.encoder.describe()["arena_shrinkage"] is False
+    assert naive.decoder.describe()["memory_arena"] is True
+    image = phantom(130, seed=3)[0]
+    results = []
+    for predictor in (naive, ours):
+        predictor.set_image(image)
+        results.append(predictor.predict(point_coords=[[60, 70]], point_labels=[1], return_logits=True)[0])
+    np.testing.assert_allclose(results[0], results[1], rtol=0, atol=1e-3 * np.abs(results[1]).max())
