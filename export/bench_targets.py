@@ -11,7 +11,8 @@ Rows:
 Every row runs `sammed-edge bench` in its own process, one after another (no two rows share the CPU): encoder,
 click (1 point + previous mask, single mask, post-processed to 512 x 512), set_image, and the peak RSS of a fresh
 process over a session of images and clicks. Box Dice comes from `sammed-edge evaluate --modes box` reports on the
-whole dev set (`--dice-dir`, one `<target>/evaluation.json` per bundle; `--evaluate` runs the missing ones).
+whole dev set (`--dice-dir`, one `<row name>/evaluation.json` per row, e.g. from `python -m
+sammed_edge.export.evaluate` for "torch eager"; `--evaluate` runs the missing bundle ones).
 """
 
 from __future__ import annotations
@@ -165,7 +166,9 @@ def run(bundles: list[Path], threads: int, runs: int, cold_runs: int, dice_dir: 
         if evaluate and box_dice(dice_dir, target) is None:
             evaluate_box(bundle, dice_dir / target, threads)
         rows[target]["dice"] = box_dice(dice_dir, target)
-    rows[NAIVE]["dice"] = None
+    for name in (NAIVE, "torch eager"):
+        if name in rows:
+            rows[name]["dice"] = box_dice(dice_dir, name)
     return {"model": first.manifest["model"]["name"], "threads": threads, "runs": runs, "machine": machine(),
             "tools": tool_versions("sammed-edge", "onnxruntime", "openvino", "nncf", "numpy", "torch"), "rows": rows}
 
@@ -180,11 +183,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--evaluate", action="store_true", help="run the box evaluations that --dice-dir lacks")
     parser.add_argument("--no-torch", action="store_true", help="skip the torch eager row")
     parser.add_argument("--workdir", type=Path, default=Path("out/bench"))
+    parser.add_argument("--from-json", type=Path, help="re-render an earlier run's JSON (with box Dice from --dice-dir) "
+                        "instead of measuring")
     parser.add_argument("--markdown", type=Path)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    result = run(args.bundles, args.threads, args.runs, args.cold_runs, args.dice_dir, args.evaluate, args.workdir,
-                 torch_eager=not args.no_torch)
+    if args.from_json:
+        result = json.loads(args.from_json.read_text())
+        for name, row in result["rows"].items():
+            row["dice"] = box_dice(args.dice_dir, name)
+    else:
+        result = run(args.bundles, args.threads, args.runs, args.cold_runs, args.dice_dir, args.evaluate, args.workdir,
+                     torch_eager=not args.no_torch)
     section = markdown(result)
     print(section)
     if args.json:
