@@ -321,7 +321,9 @@ def build_app(engine: Engine, examples: list[Example] | None = None, title: str 
         # slices passed over are skipped but the last one is always read.
         index.input(on_reslice, reslice_inputs, with_view, trigger_mode="always_last", **common)
         axis.input(on_reslice, reslice_inputs, with_view, **common)
-        canvas.select(on_select, prefix + [mode, multimask], outputs, **common)
+        # A click is the latency-critical event: answered outside Gradio's queue (the predictor is thread-safe) and
+        # without the progress overlay, which costs a repaint per click.
+        canvas.select(on_select, prefix + [mode, multimask], outputs, queue=False, show_progress="hidden", **common)
         candidates.input(on_choose, prefix + [candidates], outputs, **common)
         strip.select(on_strip, prefix, outputs, **common)
         undo_button.click(on(engine.undo), prefix, outputs, **common)
