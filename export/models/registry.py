@@ -348,6 +348,11 @@ MODELS: dict[str, ModelSpec] = {
     "sam_med2d_vit_b": ModelSpec(sam_med2d_vit_b_config, "SAM-Med2D ViT-B, 256 input, adapters"),
     "sam_vit_b": ModelSpec(sam_vit_b_config, "original SAM ViT-B, 1024 input, no adapters"),
     "lite_medsam": ModelSpec(lite_medsam_config, "LiteMedSAM (TinyViT encoder), released weights", checkpoints.fetch_lite_medsam),
+    "lite_medsam_clicks": ModelSpec(
+        lite_medsam_config,
+        "LiteMedSAM's released encoder with its prompt encoder and decoder fine-tuned for clicks (export/weights)",
+        checkpoints.fetch_lite_medsam_clicks,
+    ),
 }
 
 
@@ -367,7 +372,8 @@ def load_model(checkpoint: str | Path, config: Mapping[str, Any] | str | Path | 
 
     Args:
         checkpoint: a checkpoint path (.pth / .pt raw state dict or {'model': state dict}, or .safetensors), or
-            a registered name with public weights ("lite_medsam"), fetched and verified on first use.
+            a registered name with public weights ("lite_medsam", "lite_medsam_clicks"), fetched and verified on
+            first use.
         config: configuration dict or JSON path; inferred from the state dict when None.
 
     Returns:
