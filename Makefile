@@ -14,9 +14,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -e ".[export,onnxruntime,openvino,medical,kernels,demo,browser,dev]"
 	touch $@
 
-BUNDLE ?= out/lite_medsam-onnx-fp32
+BUNDLE ?= out/lite_medsam_clicks-onnx-fp32
 
-# The main job: build the verified default bundle (LiteMedSAM, onnx-fp32), then segment 20 dev-set masks with it.
+# The main job: build the verified default bundle (LiteMedSAM fine-tuned for clicks, onnx-fp32), then segment 20
+# dev-set masks with it.
 run: setup
 	$(PY) export/build.py --target onnx-fp32 --out $(BUNDLE)
 	$(VENV)/bin/sammed-edge info $(BUNDLE)

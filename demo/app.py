@@ -1,6 +1,6 @@
 """Click-to-segment demo: a Gradio page over the torch-free runtime.
 
-    python demo/app.py                                   # default bundle out/lite_medsam-onnx-fp32 (built once)
+    python demo/app.py                                   # default bundle out/lite_medsam_clicks-onnx-fp32 (built once)
     python demo/app.py --bundle DIR --host 127.0.0.1 --port 7860
     python -m sammed_edge.demo.app --help
 
@@ -39,7 +39,7 @@ from sammed_edge.runtime.errors import InputError
 
 log = logging.getLogger("sammed_edge.demo")
 
-DEFAULT_BUNDLE = Path("out") / "lite_medsam-onnx-fp32"
+DEFAULT_BUNDLE = Path("out") / "lite_medsam_clicks-onnx-fp32"
 DEFAULT_OPACITY = 0.45
 MODE_LABELS = {"foreground": "foreground click (+)", "background": "background click (−)", "box": "box: two corners"}
 MULTIMASK_LABELS = {"auto": "3 for a lone click, else 1", "always": "always 3", "never": "always 1"}

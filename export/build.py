@@ -27,7 +27,9 @@ from sammed_edge.export.models import list_models, load_model
 from sammed_edge.export.targets import choose_target
 from sammed_edge.runtime.samples import sample_images
 
-DEFAULT_MODEL = "lite_medsam"
+# LiteMedSAM with its prompt encoder and decoder fine-tuned for clicks (export/weights/README.md); "lite_medsam"
+# keeps the released, box-trained decoder.
+DEFAULT_MODEL = "lite_medsam_clicks"
 
 
 def _summary(result, target, name, family) -> None:

@@ -1,9 +1,9 @@
 """`sammed-edge`: segment, evaluate, benchmark and inspect bundles, with numpy and one backend (no torch).
 
-    sammed-edge info out/lite_medsam-onnx-fp32
-    sammed-edge segment --bundle out/lite_medsam-onnx-fp32 --image ct.dcm --window abdomen --box 120 80 260 210
-    sammed-edge evaluate --bundle out/lite_medsam-onnx-fp32 --modes box --out out/eval
-    sammed-edge bench --bundle out/lite_medsam-onnx-fp32 --markdown docs/benchmarks.md
+    sammed-edge info out/lite_medsam_clicks-onnx-fp32
+    sammed-edge segment --bundle out/lite_medsam_clicks-onnx-fp32 --image ct.dcm --window abdomen --box 120 80 260 210
+    sammed-edge evaluate --bundle out/lite_medsam_clicks-onnx-fp32 --modes box --out out/eval
+    sammed-edge bench --bundle out/lite_medsam_clicks-onnx-fp32 --markdown docs/benchmarks.md
 """
 
 from __future__ import annotations

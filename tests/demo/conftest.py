@@ -2,7 +2,7 @@
 
 Interaction and plumbing tests use the tiny random bundle of `tests/conftest.py` (built in the test session), so
 they need no download. Tests about real masks use the bundle named by $SAMMED_BUNDLE (e.g.
-out/lite_medsam-onnx-fp32, which `make run` builds) and skip without it. The server and the browser test serve
+out/lite_medsam_clicks-onnx-fp32, which `make run` builds) and skip without it. The server and the browser test serve
 $SAMMED_BUNDLE when it is set, else the tiny bundle: what they check (the clicked pixel, mask equality with
 `Predictor.predict`, the overlay, no torch in the server) does not depend on the model.
 """
@@ -33,7 +33,7 @@ def real_bundle() -> Path:
     """The real model bundle named by $SAMMED_BUNDLE; skip when unset."""
     value = os.environ.get("SAMMED_BUNDLE")
     if not value:
-        pytest.skip("set SAMMED_BUNDLE to a real bundle (e.g. out/lite_medsam-onnx-fp32 from `make run`) to test real masks")
+        pytest.skip("set SAMMED_BUNDLE to a real bundle (e.g. out/lite_medsam_clicks-onnx-fp32 from `make run`) to test real masks")
     path = Path(value)
     if not (path / "manifest.json").is_file():
         pytest.fail(f"SAMMED_BUNDLE={value} is not a bundle folder")

@@ -27,7 +27,7 @@ from sammed_edge.kernels.onnx import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-BUNDLE = REPO / "out" / "lite_medsam-onnx-fp32"
+BUNDLE = REPO / "out" / "lite_medsam_clicks-onnx-fp32"
 HAS_OPENVINO = importlib.util.find_spec("openvino") is not None
 
 TINY_LITE_MEDSAM = dict(embed_dims=[16, 32, 48, 64], depths=[1, 1, 2, 1], num_heads=[2, 2, 3, 4], window_sizes=[7, 5, 6, 4],
@@ -208,11 +208,15 @@ def test_verification_raises_on_a_wrong_fusion(graphs):
 
 @pytest.mark.skipif(not (BUNDLE / "decoder.onnx").is_file(), reason=f"{BUNDLE} has not been built")
 def test_default_bundle_counts():
+    """The build fused every attention of the default bundle: 10 TinyViT blocks, 7 two-way-transformer attentions."""
+    import json
+
     encoder = onnx.load(str(BUNDLE / "encoder.onnx"))
     decoder = onnx.load(str(BUNDLE / "decoder.onnx"))
-    fused_encoder, counts = fuse_attention(encoder)
-    assert counts == NONE | {"WindowAttentionFusion": 10}
-    fused_decoder, counts = fuse_attention(decoder)
-    assert counts == NONE | {"CrossAttentionFusion": 7}
-    verify_fusion(decoder, fused_decoder, _feeds(decoder))
-    verify_fusion(encoder, fused_encoder, _feeds(encoder))
+    assert count_fused(encoder)[ATTENTION] == 10 and count_fused(decoder)[ATTENTION] == 7
+    assert not any(node.op_type == "Softmax" for node in encoder.graph.node)
+    assert fuse_attention(encoder)[1] == NONE  # nothing left to fuse
+    graphs = json.loads((BUNDLE / "manifest.json").read_text())["graphs"]
+    for name, expected in (("encoder", {"WindowAttentionFusion": 10}), ("decoder", {"CrossAttentionFusion": 7})):
+        record = graphs[name]["fusion"]
+        assert record["applied"] and record["counts"] == NONE | expected and record["max_relative_diff"] < 1e-4
