@@ -115,3 +115,13 @@ def test_bfloat16_passes_keep_float32_weights(tiny_lite, tiny_dataset):
                            np.random.default_rng(0), optimizer, torch.device("cpu"))
     assert np.isfinite(stats["loss"]) and stats["passes"] == TINY.iterations + 1
     assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in params)
+
+
+def test_evaluator_on_the_validation_sources(tiny_lite, tiny_dataset, tmp_path, capsys):
+    result = ft.evaluate_validation(tiny_lite, tiny_dataset, tmp_path / "report", num_clicks=2, progress=False, label="tiny")
+    held = {item.source for item in ft.split_by_source(read_dataset(tiny_dataset))[1]}
+    assert {record["source"] for record in result["items"]} == held
+    assert result["summary"]["count"]["evaluated"] == 8
+    assert len(result["summary"]["overall"]["clicks"]["dice"]) == 2
+    assert (tmp_path / "report" / "evaluation.json").is_file()
+    assert "box" in capsys.readouterr().out
