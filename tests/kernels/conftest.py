@@ -21,7 +21,7 @@ if HAS_TRITON and not HAS_CUDA:
 
 @pytest.fixture(scope="session")
 def kernel_device() -> torch.device:
-    """Where the Triton kernel can run in this session: CUDA, or the CPU through the interpreter."""
+    """Where the Triton kernel can run in this process: CUDA, or the CPU through the interpreter."""
     if not HAS_TRITON:
         pytest.skip("triton is not installed (the `kernels` extra)")
     from sammed_edge.kernels.triton import relpos_kernel
