@@ -26,14 +26,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from sammed_edge.runtime.bundle import load_bundle, sha256_file, write_manifest
+from sammed_edge.runtime.bundle import load_bundle, write_manifest
 from sammed_edge.runtime.sysinfo import machine, tool_versions
 
+from .bundler import hash_entries
+from .doc_sections import write_section
 from .graphs import export_decoder, export_encoder, graph_node_count
 from .models import load_model
 from .models.sam import SamModel
 
-BEGIN, END = "<!-- bench_targets: begin -->", "<!-- bench_targets: end -->"
 NAIVE = "naive"
 # onnxruntime's own defaults, over the runtime's per-graph memory choices (runtime/predictor.py GRAPH_DEFAULTS)
 ORT_DEFAULTS = {"encoder": {"memory_pattern": True, "arena_shrinkage": False}, "decoder": {"memory_arena": True}}
@@ -59,14 +60,11 @@ def naive_bundle(reference: Path, out: Path, model: SamModel | None = None) -> P
     exporters = {"encoder": export_encoder, "decoder": export_decoder}
     for graph, entry in manifest["graphs"].items():
         path = exporters[graph](model, out / entry["file"], opset=17)
-        entry["sha256"] = sha256_file(path)
         entry["runtime_options"] = dict(ORT_DEFAULTS[graph])
-        entry.pop("onnxslim", None)
-        entry.update(opset=17, nodes=graph_node_count(path), bytes=path.stat().st_size)
-        entry.pop("fusion", None)
-        for key in [k for k in entry if k.endswith("_file")]:  # no external-data side files in a plain export
-            entry.pop(key)
-            entry.pop(key[: -len("file")] + "sha256", None)
+        for key in ["onnxslim", "fusion", *(k for k in entry if k.endswith("_file") or k.endswith("_sha256"))]:
+            entry.pop(key, None)  # a plain export: no cleaning, no fusion, no external-data side files
+        entry.update(opset=17, nodes=graph_node_count(path))
+    hash_entries(out, manifest["graphs"])
     manifest["target"]["name"] = NAIVE
     manifest["target"]["note"] = "TorchScript exporter, opset 17, no graph cleaning, onnxruntime defaults"
     write_manifest(out, manifest)
@@ -143,15 +141,6 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def update_markdown(path: Path, section: str) -> None:
-    text = path.read_text() if path.is_file() else "# Benchmarks\n\n"
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN) + len(BEGIN)] + "\n" + section + text[text.index(END):]
-    else:
-        text = text.rstrip("\n") + f"\n\n{BEGIN}\n{section}{END}\n"
-    path.write_text(text)
-
-
 def run(bundles: list[Path], threads: int, runs: int, cold_runs: int, dice_dir: Path, evaluate: bool, workdir: Path,
         torch_eager: bool = True) -> dict[str, Any]:
     first = load_bundle(bundles[0])
@@ -200,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
     if args.markdown:
-        update_markdown(args.markdown, section)
+        write_section(args.markdown, "bench_targets", section)
     return 0
 
 

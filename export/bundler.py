@@ -303,19 +303,21 @@ def _convert(target: Target, graph: str, fp32_onnx: Path, out_dir: Path, calib: 
     return entry
 
 
-def _hash_entries(root: Path, entries: dict[str, dict[str, Any]]) -> None:
+def hash_entries(root: Path, entries: dict[str, dict[str, Any]]) -> None:
+    """Set every manifest graph entry's artifact hashes (`file` -> `sha256`, `<kind>_file` -> `<kind>_sha256`) and
+    total `bytes` from the files in `root`."""
     for entry in entries.values():
-        for key in [k for k in entry if k == "file" or k.endswith("_file")]:
-            digest_key = "sha256" if key == "file" else key[: -len("file")] + "sha256"
-            entry[digest_key] = bundle_schema.sha256_file(root / entry[key])
-            entry["bytes"] = entry.get("bytes", 0) + (root / entry[key]).stat().st_size
+        files = [k for k in entry if k == "file" or k.endswith("_file")]
+        for key in files:
+            entry["sha256" if key == "file" else key[: -len("file")] + "sha256"] = bundle_schema.sha256_file(root / entry[key])
+        entry["bytes"] = sum((root / entry[key]).stat().st_size for key in files)
 
 
 def _fp32_manifest(model: SamModel, folder: Path) -> None:
     """A manifest for the verified fp32 ONNX graphs, so the gate can run them through the same runtime code."""
     entries = {g: {"file": f"{g}.onnx", "contract": c.to_dict()} for g, c in
                (("encoder", graphs.encoder_contract(model)), ("decoder", graphs.decoder_contract(model)))}
-    _hash_entries(folder, entries)
+    hash_entries(folder, entries)
     manifest = {"schema": bundle_schema.SCHEMA, "schema_version": bundle_schema.SCHEMA_VERSION,
                 "model": {"name": "fp32-reference", "family": model.family}, "processing": model.processing_policy().to_dict(),
                 "target": {"name": "onnx-fp32", "backend": "onnxruntime", "precision": {g: "fp32" for g in GRAPHS}},
@@ -405,7 +407,7 @@ def build_bundle(
             verification[name] = verify(model, backend, images, options.tolerance[name] if exact else None)
             verification[name]["judged_by"] = "fp32 tolerance" if exact else "accuracy gate"
         done()
-        _hash_entries(bundle_dir, entries)
+        hash_entries(bundle_dir, entries)
         manifest = {
             "schema": bundle_schema.SCHEMA,
             "schema_version": bundle_schema.SCHEMA_VERSION,

@@ -32,12 +32,12 @@ from sammed_edge.runtime.progress import progress
 from sammed_edge.runtime.samples import sample_images
 from sammed_edge.runtime.sysinfo import cpu_name, machine, tool_versions
 
+from .doc_sections import write_section
 from .graphs import prompt_cases
 
 log = logging.getLogger("sammed_edge.compare_fusion")
 GRAPHS = ("encoder", "decoder")
 RTOL = 1e-4
-BEGIN, END = "<!-- compare_fusion: begin -->", "<!-- compare_fusion: end -->"
 
 
 @dataclass
@@ -186,17 +186,6 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace, command: str)
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, text: str) -> None:
-    """Write `text` into `path` between the BEGIN / END markers when the file has them (the prose around the
-    measured section stays), else as the whole file."""
-    old = path.read_text() if path.is_file() else ""
-    if BEGIN in old and END in old:
-        head, rest = old.split(BEGIN, 1)
-        text = f"{head}{BEGIN}\n{text}{END}{rest.split(END, 1)[1]}"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, required=True, help="bundle folder with encoder.onnx and decoder.onnx")
@@ -218,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     text = markdown(rows, args, shlex.join(sys.argv[1:] if argv is None else argv))
     print(text)
     if args.out:
-        write_section(args.out, text)
+        write_section(args.out, "compare_fusion", text)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"machine": machine(), "cpu": cpu_name(), "rows": rows,

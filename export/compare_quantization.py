@@ -25,12 +25,12 @@ from sammed_edge.runtime.predictor import Predictor
 from sammed_edge.runtime.sysinfo import cpu_name, tool_versions
 
 from . import graphs, quantize
-from .bundler import _fp32_manifest
+from .bundler import _fp32_manifest, hash_entries
+from .doc_sections import write_section
 from .calibration import calibration_set
 from .gate import accuracy_gate
 from .models import load_model
 
-BEGIN, END = "<!-- compare_quantization: begin -->", "<!-- compare_quantization: end -->"
 VARIANTS: dict[str, dict[str, Any]] = {
     "ort minmax, Gemm": {"kind": "onnxruntime", "method": "minmax", "ops": ("Gemm",)},
     "ort entropy, Gemm": {"kind": "onnxruntime", "method": "entropy", "ops": ("Gemm",)},
@@ -69,9 +69,7 @@ def run(model_name: str, variants: list[str], workdir: Path) -> dict[str, Any]:
         if backend == "openvino":  # an IR encoder beside the ONNX decoder: run both on OpenVINO
             manifest["target"]["backend"] = "openvino"
             manifest["graphs"]["encoder"]["weights_file"] = "encoder.bin"
-        for graph in manifest["graphs"].values():
-            for key in [k for k in graph if k == "file" or k.endswith("_file")]:
-                graph["sha256" if key == "file" else key[: -len("file")] + "sha256"] = bundle_schema.sha256_file(folder / graph[key])
+        hash_entries(folder, manifest["graphs"])
         bundle_schema.write_manifest(folder, manifest)
         candidate = Predictor.from_bundle(folder, cache_size=0, **options)
         gate = accuracy_gate(reference, candidate, calib.holdout, calib.holdout_images, enforce=False)
@@ -119,12 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
     if args.out:
-        text = args.out.read_text() if args.out.is_file() else ""
-        if BEGIN in text and END in text:
-            text = text[: text.index(BEGIN) + len(BEGIN)] + "\n" + section + text[text.index(END):]
-        else:
-            text = text.rstrip("\n") + f"\n\n{BEGIN}\n{section}{END}\n"
-        args.out.write_text(text)
+        write_section(args.out, "compare_quantization", section)
     return 0
 
 
