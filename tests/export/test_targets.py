@@ -105,7 +105,8 @@ def test_openvino_fp32_matches_torch(tiny_model, tmp_path):
 
 @needs_openvino
 def test_openvino_int8(tiny_model, tmp_path):
-    result = build(tiny_model, "ov-int8", tmp_path)
+    # as for onnx-int8: the random tiny model's drop depends on the CPU's kernels, so the budget is wide here
+    result = build(tiny_model, "ov-int8", tmp_path, box_budget=5.0, point_budget=5.0)
     entry = result.manifest["graphs"]["encoder"]
     assert entry["quantization"]["fake_quantize_nodes"] > 0
     assert result.manifest["verification"]["gate"]["holdout_masks"] > 0
