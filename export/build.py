@@ -4,6 +4,12 @@
     python export/build.py --target ov-int8                        # int8 encoder, gated on held-out Dice
     python export/build.py --target auto                           # the best target for this machine
     python export/build.py --target onnx-fp32 --checkpoint my.pth --out bundles/mine
+    python export/build.py --target ov-int8 --model student                # the distilled student, int8
+    python export/build.py --target ov-int8 --finetune-data DATA --distill student --teacher lite_medsam --dry-run
+
+With --finetune-data and/or --distill the build first runs the training chain (fine-tune -> distill), each stage
+cached by content (export/pipeline.py): a rerun with the same inputs skips finished stages, and the bundle step is
+skipped when the output folder already holds a passed bundle of the same checkpoint, target and export settings.
 
 Every graph is verified against PyTorch on real images (the development set at $SAMMED_DATA or
 ../shared/data/medseg-dev, else synthetic phantoms) before the bundle is written; reduced-precision targets must
@@ -23,6 +29,7 @@ from sammed_edge.export.bundler import TARGETS, BuildOptions, build_bundle
 from sammed_edge.export.calibration import calibration_set
 from sammed_edge.export.gate import GateError
 from sammed_edge.export.graphs import EXPORTERS, VerificationError
+from sammed_edge.export import pipeline
 from sammed_edge.export.models import list_models, load_model
 from sammed_edge.export.targets import choose_target
 from sammed_edge.runtime.samples import sample_images
@@ -83,6 +90,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-fuse", action="store_true",
                         help="keep the unfused attention subgraphs (default: fused where measured faster, docs/fusion.md)")
     parser.add_argument("--no-gate", action="store_true", help="record the accuracy gate but do not fail on it (experiments)")
+    chain = parser.add_argument_group("training chain (fine-tune -> distill -> quantize -> export; docs/training.md)")
+    chain.add_argument("--finetune-data", type=Path, metavar="DIR", help="fine-tune the prompt encoder and decoder for clicks on this dataset first")
+    chain.add_argument("--finetune-epochs", type=int, default=pipeline.ChainOptions.finetune_epochs)
+    chain.add_argument("--distill", metavar="STUDENT", choices=[m for m in list_models() if m == "student"],
+                       help="distil the (fine-tuned) teacher's encoder into this registered student architecture")
+    chain.add_argument("--teacher", default=None, help="the chain's starting model: registered name or checkpoint (default: --model or lite_medsam)")
+    chain.add_argument("--distill-data", type=Path, metavar="DIR", help="dataset of the distillation (default: --finetune-data)")
+    chain.add_argument("--pool", type=Path, metavar="DIR", help="unlabeled images for distillation (default: unlabeled-pool beside the dataset)")
+    chain.add_argument("--distill-epochs", type=int, default=pipeline.ChainOptions.distill_epochs)
+    chain.add_argument("--prompt-epochs", type=int, default=0, help="distillation epochs with prompts in the loop")
+    chain.add_argument("--work", type=Path, help="folder of the stage runs (default ~/.cache/sammed-edge/pipeline)")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan (stages, their cache status, the export) and stop")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("-q", "--quiet", action="store_true")
     args = parser.parse_args(argv)
@@ -102,15 +121,40 @@ def main(argv: list[str] | None = None) -> int:
         print(f"target {target.name} cannot be built here: {', '.join(missing)} not installed", file=sys.stderr)
         return 2
     name = args.checkpoint.stem if args.checkpoint else (args.model or DEFAULT_MODEL)
+    checkpoint = args.checkpoint or name
+    options = BuildOptions(exporter=args.exporter, opset=args.opset, slim=not args.no_slim, verify_images=args.verify_images,
+                           fuse=not args.no_fuse, gate=not args.no_gate)
+    stages: list[pipeline.Stage] = []
+    if args.finetune_data or args.distill:
+        chain = pipeline.ChainOptions(
+            teacher=str(args.teacher or args.checkpoint or args.model or "lite_medsam"), finetune_data=args.finetune_data,
+            finetune_epochs=args.finetune_epochs, distill=args.distill, distill_data=args.distill_data,
+            pool=args.pool if args.pool else (pipeline.default_pool(args.distill_data or args.finetune_data) if args.distill else None),
+            distill_epochs=args.distill_epochs, prompt_epochs=args.prompt_epochs, work=args.work,
+        )
+        try:
+            stages = pipeline.plan(chain)
+        except (ValueError, FileNotFoundError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        name = args.distill or f"{Path(chain.teacher).stem}-finetuned"
     out = args.out or Path("out") / f"{name}-{target.name}"
-    log.info("… load %s", args.checkpoint or name)
-    model = load_model(args.checkpoint or name, args.config)
+    if args.dry_run:
+        print(pipeline.describe(stages, target.name, out))
+        return 0
+    for stage in stages:
+        checkpoint = stage.execute()
+    exporter = {"kind": options.exporter, "opset": options.opset, "onnxslim": options.slim, "fuse_attention": options.fuse}
+    if stages and pipeline.bundle_is_current(out, Path(checkpoint), target.name, exporter):
+        print(f"bundle {out} is current (same checkpoint, target and export settings): nothing to do")
+        return 0
+    log.info("… load %s", checkpoint)
+    model = load_model(checkpoint, args.config)
     images = sample_images(args.verify_images, args.data)
     calibration = calibration_set(args.calib, args.calib_images, args.holdout) if target.reduced else None
     if calibration is not None:
         log.info("  calibration: %s", calibration.describe())
-    options = BuildOptions(exporter=args.exporter, opset=args.opset, slim=not args.no_slim, verify_images=len(images), fuse=not args.no_fuse,
-                           gate=not args.no_gate)
+    options.verify_images = len(images)
     try:
         result = build_bundle(model, target, out, images, model_name=name, checkpoint=model.checkpoint_path,
                               options=options, calibration=calibration)

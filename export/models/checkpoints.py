@@ -31,6 +31,7 @@ LITE_MEDSAM_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c30
 # Our own small weights ship in the package (export/weights/, provenance in its README).
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 LITE_MEDSAM_CLICKS = WEIGHTS_DIR / "lite_medsam_clicks.safetensors"
+STUDENT = WEIGHTS_DIR / "student.safetensors"
 PROMPT_DECODER_PREFIXES = ("prompt_encoder.", "mask_decoder.")
 CACHE_ENV = "SAMMED_EDGE_CACHE"
 
@@ -233,6 +234,44 @@ def fetch_lite_medsam_clicks(cache: str | Path | None = None, weights: str | Pat
             f"unexpected {unexpected[:5]}, misshapen {misshapen[:5]}"
         )
     merged = {key: (trained[key].to(value.dtype) if key in trained else value).contiguous() for key, value in state.items()}
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    save_file(merged, str(tmp))
+    os.replace(tmp, target)
+    return target
+
+
+def fetch_student(cache: str | Path | None = None, weights: str | Path | None = None) -> Path:
+    """The distilled student as one file: its image encoder from the shipped weights, the prompt encoder and mask
+    decoder of `lite_medsam_clicks` unless the shipped file holds its own.
+
+    The shipped file (`export/weights/student.safetensors`, float16) holds every `image_encoder.` entry of the
+    student and optionally prompt-encoder / mask-decoder entries that replace lite_medsam_clicks' ones. The merged
+    float32 state dict is written once to the cache as `student-<sha256 of the shipped file>.safetensors`.
+
+    Raises:
+        CheckpointError: the shipped file is missing, holds no image encoder, or holds keys of other parts.
+    """
+    from safetensors.torch import save_file
+
+    folder = Path(cache) if cache is not None else cache_dir()
+    weights = Path(weights) if weights is not None else STUDENT
+    if not weights.is_file():
+        raise CheckpointError(f"{weights} is missing; it ships with the package (export/weights/)")
+    target = folder / f"student-{sha256_file(weights)[:16]}.safetensors"
+    if target.is_file():
+        return target
+    trained = read_checkpoint(weights)
+    foreign = sorted(key for key in trained if not key.startswith(("image_encoder.",) + PROMPT_DECODER_PREFIXES))
+    if foreign or not any(key.startswith("image_encoder.") for key in trained):
+        raise CheckpointError(f"{weights} is not a student checkpoint: foreign keys {foreign[:5]}, or no image_encoder entries")
+    base = read_checkpoint(fetch_lite_medsam_clicks(folder))
+    decoder = {key: value for key, value in base.items() if key.startswith(PROMPT_DECODER_PREFIXES)}
+    misshapen = [key for key in trained if key in decoder and trained[key].shape != decoder[key].shape]
+    if misshapen:
+        raise CheckpointError(f"{weights}: prompt-encoder / decoder entries of the wrong shape: {misshapen[:5]}")
+    merged = {**decoder, **trained}
+    merged = {key: (value.float() if value.is_floating_point() else value).contiguous() for key, value in merged.items()}
     folder.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp")
     save_file(merged, str(tmp))

@@ -24,6 +24,7 @@ from .image_encoder_vit import ImageEncoderViT
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
 from .sam import SamModel
+from .student import StudentEncoder
 from .tiny_vit import TinyViT
 from .transformer import TwoWayTransformer
 
@@ -38,6 +39,11 @@ _TINY_VIT_DEFAULTS: dict[str, Any] = {
     "img_size": 256, "in_chans": 3, "embed_dims": [64, 128, 160, 320], "depths": [2, 2, 6, 2],
     "num_heads": [2, 4, 5, 10], "window_sizes": [7, 7, 14, 7], "mlp_ratio": 4.0, "mbconv_expand_ratio": 4.0,
     "local_conv_size": 3, "stem_kernel": 1, "stem_stride": 1, "merge_strides": [2, 2, 1], "neck_out": 256,
+}
+_STUDENT_DEFAULTS: dict[str, Any] = {
+    "img_size": 256, "in_chans": 3, "embed_dims": [64, 128, 160, 320], "depths": [2, 2, 3, 1],
+    "num_heads": [2, 4, 5, 10], "window_sizes": [7, 8, 16, 8], "mlp_ratio": 4.0, "mbconv_expand_ratio": 4.0,
+    "local_conv_size": 3, "neck_out": 256,
 }
 _TRANSFORMER_DEFAULTS: dict[str, Any] = {
     "depth": 2, "embedding_dim": 256, "num_heads": 8, "mlp_dim": 2048, "activation": "ReLU", "attention_downsample_rate": 2,
@@ -78,8 +84,10 @@ def _normalize_encoder(raw: Mapping[str, Any]) -> dict[str, Any]:
     kind = raw.get("type") or ("tiny_vit" if "embed_dims" in raw else "vit")
     if kind == "tiny_vit":
         return {"type": "tiny_vit", **_merge(_TINY_VIT_DEFAULTS, enc, "tiny_vit image_encoder")}
+    if kind == "student":
+        return {"type": "student", **_merge(_STUDENT_DEFAULTS, enc, "student image_encoder")}
     if kind != "vit":
-        raise ConfigError(f"unknown image encoder type {kind!r}; expected 'vit' or 'tiny_vit'")
+        raise ConfigError(f"unknown image encoder type {kind!r}; expected 'vit', 'tiny_vit' or 'student'")
     if "norm_layer" in enc:
         enc["norm_eps"] = _parse_eps(enc.pop("norm_layer"))
     if "act_layer" in enc:
@@ -96,6 +104,8 @@ def encoder_grid(encoder_cfg: Mapping[str, Any]) -> int:
     """Side of the embedding grid an encoder configuration produces."""
     if encoder_cfg["type"] == "vit":
         return encoder_cfg["img_size"] // encoder_cfg["patch_size"]
+    if encoder_cfg["type"] == "student":
+        return encoder_cfg["img_size"] // 4
     side = encoder_cfg["img_size"]
     kernel, stride = encoder_cfg["stem_kernel"], encoder_cfg["stem_stride"]
     for _ in range(2):
@@ -106,8 +116,9 @@ def encoder_grid(encoder_cfg: Mapping[str, Any]) -> int:
 
 
 def default_family(encoder_cfg: Mapping[str, Any]) -> str:
-    """Family implied by an encoder: TinyViT -> lite_medsam; ViT at 1024 without adapters -> sam; else sam_med2d."""
-    if encoder_cfg["type"] == "tiny_vit":
+    """Family implied by an encoder: TinyViT or its student -> lite_medsam; ViT at 1024 without adapters -> sam;
+    else sam_med2d."""
+    if encoder_cfg["type"] in ("tiny_vit", "student"):
         return "lite_medsam"
     if encoder_cfg["img_size"] == 1024 and not encoder_cfg.get("adapter_hidden"):
         return "sam"
@@ -164,7 +175,8 @@ def model_from_config(config: Mapping[str, Any] | str | Path) -> SamModel:
     cfg = normalize_config(config)
     enc = dict(cfg["image_encoder"])
     kind = enc.pop("type")
-    image_encoder = ImageEncoderViT(**enc) if kind == "vit" else TinyViT(**enc)
+    encoders = {"vit": ImageEncoderViT, "tiny_vit": TinyViT, "student": StudentEncoder}
+    image_encoder = encoders[kind](**enc)
     prompt = cfg["prompt_encoder"]
     prompt_encoder = PromptEncoder(
         embed_dim=prompt["embed_dim"],
@@ -253,6 +265,26 @@ def _infer_tiny_vit(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     }
 
 
+def _infer_student(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    dims = [int(state["image_encoder.stem.2.c.weight"].shape[0])]
+    depths = [_count(state, r"image_encoder\.stage0\.blocks\.(\d+)\.")]
+    heads, windows = [_STUDENT_DEFAULTS["num_heads"][0]], [_STUDENT_DEFAULTS["window_sizes"][0]]
+    for i in range(1, 4):
+        biases = state[f"image_encoder.stage{i}.blocks.0.attn.attention_biases"]
+        dims.append(int(state[f"image_encoder.stage{i}.blocks.0.attn.qkv.weight"].shape[1]))
+        depths.append(_count(state, rf"image_encoder\.stage{i}\.blocks\.(\d+)\."))
+        heads.append(int(biases.shape[0]))
+        windows.append(math.isqrt(int(biases.shape[1])))
+    return {
+        "type": "student", "img_size": _STUDENT_DEFAULTS["img_size"], "in_chans": int(state["image_encoder.stem.0.c.weight"].shape[1]),
+        "embed_dims": dims, "depths": depths, "num_heads": heads, "window_sizes": windows,
+        "mlp_ratio": state["image_encoder.stage1.blocks.0.mlp.fc1.weight"].shape[0] / dims[1],
+        "mbconv_expand_ratio": state["image_encoder.stage0.blocks.0.conv1.c.weight"].shape[0] / dims[0],
+        "local_conv_size": int(state["image_encoder.stage1.blocks.0.local_conv.c.weight"].shape[-1]),
+        "neck_out": int(state["image_encoder.neck.0.weight"].shape[0]),
+    }
+
+
 def infer_config(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     """Canonical configuration read off a state dict's keys and shapes.
 
@@ -267,8 +299,10 @@ def infer_config(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
             encoder = _infer_vit(state)
         elif "image_encoder.patch_embed.seq.0.c.weight" in state:
             encoder = _infer_tiny_vit(state)
+        elif "image_encoder.stem.0.c.weight" in state:
+            encoder = _infer_student(state)
         else:
-            raise ConfigError("state dict has neither a ViT nor a TinyViT image encoder (no image_encoder.patch_embed)")
+            raise ConfigError("state dict has no ViT, TinyViT or student image encoder (no image_encoder.patch_embed or .stem)")
         dim = int(state["mask_decoder.iou_token.weight"].shape[1])
         cross = state["mask_decoder.transformer.layers.0.cross_attn_token_to_image.q_proj.weight"]
         decoder = {
@@ -335,6 +369,12 @@ def lite_medsam_config(**overrides: Any) -> dict[str, Any]:
     return normalize_config({"family": "lite_medsam", "image_encoder": {"type": "tiny_vit", **overrides}})
 
 
+def student_config(**overrides: Any) -> dict[str, Any]:
+    """The distilled student: LiteMedSAM's TinyViT at half resolution with an upsampling neck (`student.py`),
+    same 256 input, 64 x 64 grid and decoder. Keywords: any student setting (`depths`, `window_sizes`, ...)."""
+    return normalize_config({"family": "lite_medsam", "image_encoder": {"type": "student", **overrides}})
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """A named variant: its configuration builder and, when public weights exist, how to fetch them."""
@@ -352,6 +392,11 @@ MODELS: dict[str, ModelSpec] = {
         lite_medsam_config,
         "LiteMedSAM's released encoder with its prompt encoder and decoder fine-tuned for clicks (export/weights)",
         checkpoints.fetch_lite_medsam_clicks,
+    ),
+    "student": ModelSpec(
+        student_config,
+        "distilled student encoder (half-resolution TinyViT, ~5x fewer FLOPs) with lite_medsam_clicks' decoder (export/weights)",
+        checkpoints.fetch_student,
     ),
 }
 
