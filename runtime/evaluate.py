@@ -311,6 +311,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="clicks of the interactive protocol (default 5)")
     parser.add_argument("--limit", type=_positive_int, default=None, metavar="N",
                         help="evaluate only the first N masks (quick runs)")
+    parser.add_argument("--sources", nargs="+", default=None, metavar="NAME",
+                        help="evaluate only masks of these source datasets (manifest.csv's source_dataset; a name may "
+                             "be a prefix, e.g. BUSI CHAOS Drishti-GS1 LGG: the training split's validation sources)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random point prompts (default 0)")
     parser.add_argument("--out", type=Path, default=None, metavar="DIR",
                         help="report folder (default: out/evaluate/<label>)")
@@ -343,6 +346,11 @@ def run(args: argparse.Namespace, predictor: PromptPredictor, label: str) -> int
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if getattr(args, "sources", None):
+        items = [item for item in items if any(item.source.startswith(name) for name in args.sources)]
+        if not items:
+            print(f"error: no masks of the sources {args.sources} in {args.data}", file=sys.stderr)
+            return 2
     if args.limit is not None:
         items = items[: args.limit]
     modes = [mode for group in args.modes for mode in (group if isinstance(group, list) else [group])]

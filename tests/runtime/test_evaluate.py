@@ -424,6 +424,11 @@ def test_cli_flags_and_run(tiny_predictor, textured_data, tmp_path, capsys):
 
     assert ev.run(parse(["--data", str(tmp_path / "nowhere")]), tiny_predictor, "x") == 2
     assert "label2image.json" in capsys.readouterr().err
+    args = parse(["--data", str(textured_data), "--modes", "box", "--sources", "elsewhere", "--no-progress"])
+    assert ev.run(args, tiny_predictor, "x") == 2 and "no masks of the sources" in capsys.readouterr().err
+    args = parse(["--data", str(textured_data), "--modes", "box", "--sources", "dem", "--out", str(tmp_path / "c"), "--no-progress"])
+    assert ev.run(args, tiny_predictor, "x") == 0
+    assert len(ev.load_result(tmp_path / "c")["items"]) == len(ev.load_result(tmp_path / "b")["items"])
     for bad in (["--modes", "boxes"], ["--clicks", "0"], ["--limit", "-1"]):
         with pytest.raises(SystemExit):
             parse(bad)
