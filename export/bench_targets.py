@@ -5,7 +5,8 @@
 
 Rows:
     naive: the same weights exported the plain way (TorchScript exporter, opset 17, no graph cleaning) and run by
-        onnxruntime fp32 with its default session options; built here from the first bundle's model.
+        onnxruntime fp32 with its default session options; built here from the first bundle's model, or given
+        (`--baseline`, e.g. the teacher's naive bundle when the bundles are a distilled student's).
     torch eager: `TorchPredictor` on the same weights.
     each bundle given: through `sammed_edge.runtime.Predictor` with the options the bundle records.
 Every row runs `sammed-edge bench` in its own process, one after another (no two rows share the CPU): encoder,
@@ -107,8 +108,10 @@ def markdown(result: dict[str, Any]) -> str:
     naive = rows[NAIVE]["runtime"]
     fp32_dice = next((row["dice"]["box"] for name, row in rows.items() if name in ("onnx-fp32", NAIVE) and row.get("dice")), None)
     info = result["machine"]
+    baseline = result.get("baseline_model", result["model"])
     lines = [
-        f"Model `{result['model']}`; machine: {info['cpu']}, {info['cores']} cores, {info['memory_gb']} GB; threads: "
+        (f"Naive row: the naive export of `{baseline}`. " if baseline != result["model"] else "")
+        + f"Model `{result['model']}`; machine: {info['cpu']}, {info['cores']} cores, {info['memory_gb']} GB; threads: "
         f"{result['threads']}; 512 x 512 input; {result['runs']} runs per measure (medians); tools: "
         + ", ".join(f"{k} {v}" for k, v in result["tools"].items()) + ".",
         "",
@@ -142,9 +145,9 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def run(bundles: list[Path], threads: int, runs: int, cold_runs: int, dice_dir: Path, evaluate: bool, workdir: Path,
-        torch_eager: bool = True) -> dict[str, Any]:
+        torch_eager: bool = True, baseline: Path | None = None) -> dict[str, Any]:
     first = load_bundle(bundles[0])
-    naive = naive_bundle(bundles[0], workdir / "naive-bundle")
+    naive = baseline if baseline is not None else naive_bundle(bundles[0], workdir / "naive-bundle")
     rows: dict[str, Any] = {NAIVE: bench_row(naive, threads, runs, cold_runs)}
     if torch_eager:
         rows["torch eager"] = bench_row(None, threads, max(runs // 2, 5), 0, model=first.manifest["model"]["name"])
@@ -158,7 +161,7 @@ def run(bundles: list[Path], threads: int, runs: int, cold_runs: int, dice_dir: 
     for name in (NAIVE, "torch eager"):
         if name in rows:
             rows[name]["dice"] = box_dice(dice_dir, name)
-    return {"model": first.manifest["model"]["name"], "threads": threads, "runs": runs, "machine": machine(),
+    return {"model": first.manifest["model"]["name"], "baseline_model": load_bundle(naive).manifest["model"]["name"], "threads": threads, "runs": runs, "machine": machine(),
             "tools": tool_versions("sammed-edge", "onnxruntime", "openvino", "nncf", "numpy", "torch"), "rows": rows}
 
 
@@ -172,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--evaluate", action="store_true", help="run the box evaluations that --dice-dir lacks")
     parser.add_argument("--no-torch", action="store_true", help="skip the torch eager row")
     parser.add_argument("--workdir", type=Path, default=Path("out/bench"))
+    parser.add_argument("--baseline", type=Path, help="a naive bundle to compare with instead of building one from the "
+                        "first bundle (e.g. the teacher's, for a student)")
+    parser.add_argument("--section", default="bench_targets", help="name of the measured section --markdown replaces")
     parser.add_argument("--from-json", type=Path, help="re-render an earlier run's JSON (with box Dice from --dice-dir) "
                         "instead of measuring")
     parser.add_argument("--markdown", type=Path)
@@ -183,13 +189,13 @@ def main(argv: list[str] | None = None) -> int:
             row["dice"] = box_dice(args.dice_dir, name)
     else:
         result = run(args.bundles, args.threads, args.runs, args.cold_runs, args.dice_dir, args.evaluate, args.workdir,
-                     torch_eager=not args.no_torch)
+                     torch_eager=not args.no_torch, baseline=args.baseline)
     section = markdown(result)
     print(section)
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
     if args.markdown:
-        write_section(args.markdown, "bench_targets", section)
+        write_section(args.markdown, args.section, section)
     return 0
 
 
