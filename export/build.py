@@ -31,12 +31,18 @@ from sammed_edge.export.gate import GateError
 from sammed_edge.export.graphs import EXPORTERS, VerificationError
 from sammed_edge.export import pipeline
 from sammed_edge.export.models import list_models, load_model
+from sammed_edge.export.models.registry import MODELS
 from sammed_edge.export.targets import choose_target
 from sammed_edge.runtime.samples import sample_images
 
 # LiteMedSAM with its prompt encoder and decoder fine-tuned for clicks (export/weights/README.md); "lite_medsam"
 # keeps the released, box-trained decoder.
 DEFAULT_MODEL = "lite_medsam_clicks"
+
+
+def student_models() -> list[str]:
+    """Registered models whose image encoder is a distillation student."""
+    return [name for name in list_models() if MODELS[name].config()["image_encoder"]["type"] == "student"]
 
 
 def _summary(result, target, name, family) -> None:
@@ -93,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     chain = parser.add_argument_group("training chain (fine-tune -> distill -> quantize -> export; docs/training.md)")
     chain.add_argument("--finetune-data", type=Path, metavar="DIR", help="fine-tune the prompt encoder and decoder for clicks on this dataset first")
     chain.add_argument("--finetune-epochs", type=int, default=pipeline.ChainOptions.finetune_epochs)
-    chain.add_argument("--distill", metavar="STUDENT", choices=[m for m in list_models() if m == "student"],
+    chain.add_argument("--distill", metavar="STUDENT", choices=student_models(),
                        help="distil the (fine-tuned) teacher's encoder into this registered student architecture")
     chain.add_argument("--teacher", default=None, help="the chain's starting model: registered name or checkpoint (default: --model or lite_medsam)")
     chain.add_argument("--distill-data", type=Path, metavar="DIR", help="dataset of the distillation (default: --finetune-data)")
