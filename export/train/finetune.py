@@ -311,10 +311,16 @@ def train_batch(model: SamModel, embed, truth: np.ndarray, regions: np.ndarray, 
             coords, labels = prompts.random_points(truth[i], count, rng, tuple(regions[i]))
             clicks[i] = [(int(x), int(y), int(label)) for (x, y), label in zip(coords, labels)]
     keep_box = box_start and rng.random() < settings.keep_box_prob
-    # the encoder (when trained) learns from the first pass; later passes reuse its output without gradients
+    # The encoder (when trained) learns from the first pass and later passes reuse its output without gradients,
+    # unless it is the only trained part (distillation's prompt stage): then every pass's loss reaches it through one
+    # backward pass and one step per batch.
+    encoder_only = optimizer is not None and not any(
+        p.requires_grad for part in (model.prompt_encoder, model.mask_decoder) for p in part.parameters()
+    )
     embeddings = embed(optimizer is not None)
     mask_input = None
     losses, dices = [], []
+    pending: list[torch.Tensor] = []
     for step in range(settings.iterations + 1):
         multimask = step == 0 and not box_start
         sets = [(*_click_arrays(clicks[i]), boxes[i]) if clicks[i] else (None, None, boxes[i]) for i in range(batch)]
@@ -324,7 +330,9 @@ def train_batch(model: SamModel, embed, truth: np.ndarray, regions: np.ndarray, 
         chosen = slice(1, None) if multimask else slice(0, 1)
         logits, iou = logits[:, chosen].float(), iou[:, chosen].float()
         out = segmentation_loss(logits, iou, targets, valid, settings.focal_weight, settings.iou_weight)
-        if optimizer is not None:
+        if encoder_only:
+            pending.append(out.loss)
+        elif optimizer is not None:
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             optimizer.step()
@@ -338,7 +346,12 @@ def train_batch(model: SamModel, embed, truth: np.ndarray, regions: np.ndarray, 
         _add_clicks(clicks, pred, truth, regions, rng, centre=bool(rng.random() < settings.centre_prob))
         if step == 0 and not keep_box:
             boxes = [None] * batch
-        embeddings = embeddings.detach()
+        if not encoder_only:
+            embeddings = embeddings.detach()
+    if pending:
+        optimizer.zero_grad(set_to_none=True)
+        torch.stack(pending).mean().backward()
+        optimizer.step()
     return {"loss": float(np.mean(losses)), "dice": float(np.mean(dices)), "passes": len(losses)}
 
 

@@ -146,3 +146,15 @@ def test_dry_run_prints_the_plan_without_running(tmp_path, capsys, shared):
     assert code == 0 and "1. finetune  run" in text and "2. distill   run" in text and "unlabeled-pool" not in text
     assert "pool_sha256: None" not in text and "3. export    ov-int8 -> out/student-ov-int8" in text
     assert not (tmp_path / "work").exists()
+
+
+def test_prompt_stage_trains_only_the_encoder_through_every_pass(make_lite, tiny_dataset, tmp_path):
+    teacher = make_lite()
+    student = ds.make_student(TINY, teacher)
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    best = {"encoder": {f"image_encoder.{k}": v.clone() for k, v in student.image_encoder.state_dict().items()}}
+    weights = ds.prompt_stage(student, best, tiny_dataset, tmp_path / "prompts", TINY, 1, False, torch.device("cpu"), False)
+    after = student.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("image_encoder."))
+    assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith("image_encoder."))
+    assert load_file(str(weights)) and all(k.startswith("image_encoder.") for k in load_file(str(weights)))
