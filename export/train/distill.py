@@ -157,7 +157,11 @@ def gamma_augment(images: torch.Tensor, rng: np.random.Generator, prob: float, l
 def make_student(settings: DistillSettings, teacher: SamModel, student: SamModel | None = None) -> SamModel:
     """The student model (`student`, or the registered `settings.student`): its encoder from the teacher's weights
     (or random), the teacher's prompt encoder and decoder."""
-    student = student if student is not None else build_model(settings.student, **settings.student_overrides)
+    if student is None:
+        overrides = dict(settings.student_overrides)
+        if settings.init == "teacher" and isinstance(teacher.image_encoder, TinyViT):
+            overrides = {**teacher_shaped(teacher, settings.student), **overrides}
+        student = build_model(settings.student, **overrides)
     if settings.init == "teacher":
         if not isinstance(student.image_encoder, StudentEncoder) or not isinstance(teacher.image_encoder, TinyViT):
             raise ValueError("init='teacher' needs a TinyViT teacher and a StudentEncoder student; use init='random'")
@@ -169,6 +173,19 @@ def make_student(settings: DistillSettings, teacher: SamModel, student: SamModel
     if student.processing_policy() != teacher.processing_policy():
         raise ValueError("student and teacher preprocess differently; their embeddings cannot be compared")
     return student.eval()
+
+
+def teacher_shaped(teacher: SamModel, student: str) -> dict[str, Any]:
+    """Settings that give the registered `student` the widths, input size and heads of a TinyViT teacher (so it can
+    start from the teacher's weights), with no more blocks per stage than the teacher has."""
+    from ..models.registry import MODELS
+
+    mine = MODELS[student].config()["image_encoder"]
+    theirs = teacher.config["image_encoder"]
+    shared = ("img_size", "in_chans", "embed_dims", "num_heads", "mlp_ratio", "mbconv_expand_ratio", "local_conv_size", "neck_out")
+    out = {key: theirs[key] for key in shared}
+    out["depths"] = [min(a, b) for a, b in zip(mine["depths"], theirs["depths"])]
+    return out
 
 
 def learning_rate(settings: DistillSettings, step: int, total: int) -> float:

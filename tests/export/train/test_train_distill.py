@@ -158,3 +158,26 @@ def test_prompt_stage_trains_only_the_encoder_through_every_pass(make_lite, tiny
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("image_encoder."))
     assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith("image_encoder."))
     assert load_file(str(weights)) and all(k.startswith("image_encoder.") for k in load_file(str(weights)))
+
+
+def test_one_command_runs_the_chain_then_skips_it(tiny_lite, tiny_dataset, tmp_path, capsys):
+    teacher_path = tmp_path / "teacher.safetensors"
+    widths = {k: v for k, v in tiny_lite.config["image_encoder"].items() if k != "type"}
+    torch.manual_seed(0)
+    save_file({k: v.contiguous() for k, v in build_model("lite_medsam", **{**widths, "img_size": 256}).state_dict().items()},
+              str(teacher_path))
+    argv = ["--target", "onnx-fp32", "--teacher", str(teacher_path), "--finetune-data", str(tiny_dataset), "--finetune-epochs", "1",
+            "--distill", "student", "--distill-epochs", "1", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "bundle"),
+            "--verify-images", "2", "--no-fuse", "-q"]
+    assert build_cli.main(argv + ["--dry-run"]) == 0
+    assert "finetune  run" in capsys.readouterr().out and not (tmp_path / "bundle").exists()
+    assert build_cli.main(argv) == 0
+    manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
+    assert manifest["model"]["name"] == "student" and manifest["model"]["config"]["image_encoder"]["type"] == "student"
+    assert manifest["verification"]["passed"]
+    capsys.readouterr()
+    assert build_cli.main(argv + ["--dry-run"]) == 0
+    plan = capsys.readouterr().out
+    assert "finetune  cached" in plan and "distill   cached" in plan
+    assert build_cli.main(argv) == 0
+    assert "is current" in capsys.readouterr().out
