@@ -69,3 +69,22 @@ def test_registry_loads_the_student_strictly(lite_medsam_model, tmp_path, monkey
         else:
             assert key.startswith(PROMPT_DECODER_PREFIXES) and torch.equal(value, clicks.state_dict()[key]), key
     assert load_model("student").checkpoint_path == model.checkpoint_path  # merged once, then cached
+
+
+def test_student_graphs_export_verify_and_meet_tensorrt_constraints(tmp_path):
+    from sammed_edge.export import trt_build
+    from sammed_edge.export.bundler import TARGETS, BuildOptions, build_bundle
+    from sammed_edge.runtime.bundle import load_bundle
+    from sammed_edge.runtime.samples import phantom
+
+    torch.manual_seed(0)
+    model = build_model("student", img_size=64, embed_dims=[8, 16, 16, 16], depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1],
+                        window_sizes=[2, 2, 4, 2], neck_out=16)
+    images = [phantom(90, seed=1)[0], phantom(120, seed=2)[0]]
+    result = build_bundle(model, TARGETS["onnx-fp32"], tmp_path / "bundle", images, model_name="tiny-student", checkpoint=None,
+                          options=BuildOptions(fuse=False))
+    bundle = load_bundle(result.path)
+    assert bundle.manifest["verification"]["passed"]
+    for graph in ("encoder", "decoder"):
+        report = trt_build.check_tensorrt_compat(bundle.path(graph), bundle.contract(graph))
+        assert report["problems"] == [], report
