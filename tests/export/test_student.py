@@ -6,13 +6,15 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from torch.utils.flop_counter import FlopCounterMode
 
 from sammed_edge.export.models import CheckpointError, build_model, checkpoints, load_model
 from sammed_edge.export.models.checkpoints import PROMPT_DECODER_PREFIXES, STUDENT, fetch_student
 
 
 def _flops(model: torch.nn.Module, side: int) -> int:
+    # imported here, not at collection: it imports triton, whose interpreter mode the kernel tests' conftest sets first
+    from torch.utils.flop_counter import FlopCounterMode
+
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(torch.zeros(1, 3, side, side))
     return counter.get_total_flops()
