@@ -16,7 +16,7 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -214,17 +214,11 @@ def fetch_lite_medsam_clicks(cache: str | Path | None = None, weights: str | Pat
         CheckpointError: the released weights cannot be fetched, or the shipped file's keys or shapes are not
             LiteMedSAM's prompt encoder and mask decoder.
     """
-    from safetensors.torch import save_file
+    return _merged_once("lite_medsam_clicks", Path(weights) if weights is not None else LITE_MEDSAM_CLICKS, cache, _merge_clicks)
 
-    folder = Path(cache) if cache is not None else cache_dir()
-    weights = Path(weights) if weights is not None else LITE_MEDSAM_CLICKS
-    if not weights.is_file():
-        raise CheckpointError(f"{weights} is missing; it ships with the package (export/weights/)")
-    target = folder / f"lite_medsam_clicks-{sha256_file(weights)[:16]}.safetensors"
-    if target.is_file():
-        return target
+
+def _merge_clicks(folder: Path, weights: Path, trained: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     state = read_checkpoint(fetch_lite_medsam(folder))
-    trained = read_checkpoint(weights)
     expected = {key: value for key, value in state.items() if key.startswith(PROMPT_DECODER_PREFIXES)}
     missing, unexpected = sorted(set(expected) - set(trained)), sorted(set(trained) - set(expected))
     misshapen = [key for key in expected if key in trained and trained[key].shape != expected[key].shape]
@@ -233,12 +227,7 @@ def fetch_lite_medsam_clicks(cache: str | Path | None = None, weights: str | Pat
             f"{weights} is not LiteMedSAM's prompt encoder and mask decoder: missing {missing[:5]}, "
             f"unexpected {unexpected[:5]}, misshapen {misshapen[:5]}"
         )
-    merged = {key: (trained[key].to(value.dtype) if key in trained else value).contiguous() for key, value in state.items()}
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".tmp")
-    save_file(merged, str(tmp))
-    os.replace(tmp, target)
-    return target
+    return {key: (trained[key].to(value.dtype) if key in trained else value) for key, value in state.items()}
 
 
 def fetch_student(cache: str | Path | None = None, weights: str | Path | None = None) -> Path:
@@ -252,16 +241,10 @@ def fetch_student(cache: str | Path | None = None, weights: str | Path | None = 
     Raises:
         CheckpointError: the shipped file is missing, holds no image encoder, or holds keys of other parts.
     """
-    from safetensors.torch import save_file
+    return _merged_once("student", Path(weights) if weights is not None else STUDENT, cache, _merge_student)
 
-    folder = Path(cache) if cache is not None else cache_dir()
-    weights = Path(weights) if weights is not None else STUDENT
-    if not weights.is_file():
-        raise CheckpointError(f"{weights} is missing; it ships with the package (export/weights/)")
-    target = folder / f"student-{sha256_file(weights)[:16]}.safetensors"
-    if target.is_file():
-        return target
-    trained = read_checkpoint(weights)
+
+def _merge_student(folder: Path, weights: Path, trained: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     foreign = sorted(key for key in trained if not key.startswith(("image_encoder.",) + PROMPT_DECODER_PREFIXES))
     if foreign or not any(key.startswith("image_encoder.") for key in trained):
         raise CheckpointError(f"{weights} is not a student checkpoint: foreign keys {foreign[:5]}, or no image_encoder entries")
@@ -270,10 +253,27 @@ def fetch_student(cache: str | Path | None = None, weights: str | Path | None = 
     misshapen = [key for key in trained if key in decoder and trained[key].shape != decoder[key].shape]
     if misshapen:
         raise CheckpointError(f"{weights}: prompt-encoder / decoder entries of the wrong shape: {misshapen[:5]}")
-    merged = {**decoder, **trained}
-    merged = {key: (value.float() if value.is_floating_point() else value).contiguous() for key, value in merged.items()}
+    return {key: value.float() if value.is_floating_point() else value for key, value in {**decoder, **trained}.items()}
+
+
+def _merged_once(name: str, weights: Path, cache: str | Path | None,
+                 merge: Callable[[Path, Path, dict[str, torch.Tensor]], dict[str, torch.Tensor]]) -> Path:
+    """Shipped partial weights merged into a full state dict once: `<cache>/<name>-<sha256 of the file>.safetensors`.
+
+    `merge(folder, weights, trained)` builds the full state dict from the shipped tensors (raising CheckpointError
+    when they do not fit); the result is written atomically and reused while the shipped file is unchanged.
+    """
+    from safetensors.torch import save_file
+
+    folder = Path(cache) if cache is not None else cache_dir()
+    if not weights.is_file():
+        raise CheckpointError(f"{weights} is missing; it ships with the package (export/weights/)")
+    target = folder / f"{name}-{sha256_file(weights)[:16]}.safetensors"
+    if target.is_file():
+        return target
+    merged = merge(folder, weights, read_checkpoint(weights))
     folder.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp")
-    save_file(merged, str(tmp))
+    save_file({key: value.contiguous() for key, value in merged.items()}, str(tmp))
     os.replace(tmp, target)
     return target

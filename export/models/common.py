@@ -61,3 +61,13 @@ class MLP(nn.Module):
             if i < last:
                 x = torch.relu(x)
         return torch.sigmoid(x) if self.sigmoid_output else x
+
+
+def sam_neck(in_chans: int, out_chans: int) -> nn.Sequential:
+    """SAM's encoder neck on B x C x H x W: 1x1 conv, LayerNorm2d, 3x3 conv, LayerNorm2d (no biases; keys 0-3)."""
+    return nn.Sequential(
+        nn.Conv2d(in_chans, out_chans, kernel_size=1, bias=False),
+        LayerNorm2d(out_chans),
+        nn.Conv2d(out_chans, out_chans, kernel_size=3, padding=1, bias=False),
+        LayerNorm2d(out_chans),
+    )

@@ -15,7 +15,7 @@ from torch import nn
 
 from sammed_edge.kernels.triton import relpos_attention, relpos_attention_supported
 
-from .common import LayerNorm2d, MLPBlock, activation
+from .common import MLPBlock, activation, sam_neck
 
 
 def relative_position_table(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
@@ -294,12 +294,7 @@ class ImageEncoderViT(nn.Module):
             )
             for i in range(depth)
         )
-        self.neck = nn.Sequential(
-            nn.Conv2d(embed_dim, out_chans, kernel_size=1, bias=False),
-            LayerNorm2d(out_chans),
-            nn.Conv2d(out_chans, out_chans, kernel_size=3, padding=1, bias=False),
-            LayerNorm2d(out_chans),
-        )
+        self.neck = sam_neck(embed_dim, out_chans)
 
     @property
     def embedding_size(self) -> tuple[int, int]:

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm2d
+from .common import sam_neck
 from .tiny_vit import AttentionStage, Conv2dBN, ConvStage, PatchMerging, TinyViT, window_offset_index
 
 
@@ -69,12 +69,7 @@ class StudentEncoder(nn.Module):
         self.merge1 = PatchMerging(dims[1], dims[2], 2)
         self.stage2 = AttentionStage(dims[2], depths[2], num_heads[2], window_sizes[2], mlp_ratio, local_conv_size, PatchMerging(dims[2], dims[3], 1))
         self.stage3 = AttentionStage(dims[3], depths[3], num_heads[3], window_sizes[3], mlp_ratio, local_conv_size, None)
-        self.neck = nn.Sequential(
-            nn.Conv2d(dims[3], neck_out, kernel_size=1, bias=False),
-            LayerNorm2d(neck_out),
-            nn.Conv2d(neck_out, neck_out, kernel_size=3, padding=1, bias=False),
-            LayerNorm2d(neck_out),
-        )
+        self.neck = sam_neck(dims[3], neck_out)
         self.skip = nn.Conv2d(dims[1], neck_out, kernel_size=1)
         nn.init.zeros_(self.skip.weight)
         nn.init.zeros_(self.skip.bias)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm2d
+from .common import sam_neck
 
 
 class Conv2dBN(nn.Sequential):
@@ -235,12 +235,7 @@ class TinyViT(nn.Module):
             else:
                 stage = AttentionStage(embed_dims[i], depths[i], num_heads[i], window_sizes[i], mlp_ratio, local_conv_size, merge)
             self.layers.append(stage)
-        self.neck = nn.Sequential(
-            nn.Conv2d(embed_dims[-1], neck_out, kernel_size=1, bias=False),
-            LayerNorm2d(neck_out),
-            nn.Conv2d(neck_out, neck_out, kernel_size=3, padding=1, bias=False),
-            LayerNorm2d(neck_out),
-        )
+        self.neck = sam_neck(embed_dims[-1], neck_out)
         side = img_size
         for _ in range(2):
             side = (side + 2 * (stem_kernel // 2) - stem_kernel) // stem_stride + 1

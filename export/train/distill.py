@@ -253,16 +253,7 @@ def distill(
                                    student=settings.student if student is None else "custom")
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     checkpoint_path = out / CHECKPOINT
-    state: dict[str, Any] | None = None
-    if resume:
-        if not checkpoint_path.is_file():
-            raise FileNotFoundError(f"nothing to resume: {checkpoint_path} does not exist")
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-        if state.get("format") != FORMAT:
-            raise ValueError(f"{checkpoint_path} has checkpoint format {state.get('format')}, expected {FORMAT}")
-        if state["settings"] != settings.to_dict():
-            diff = {k: (state["settings"].get(k), v) for k, v in settings.to_dict().items() if state["settings"].get(k) != v}
-            raise ValueError(f"settings differ from the checkpoint's (checkpoint, now): {diff}")
+    state = ft.read_resume_state(checkpoint_path, FORMAT, settings.to_dict()) if resume else None
 
     rng = np.random.default_rng(settings.seed)
     torch.manual_seed(settings.seed)

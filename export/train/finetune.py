@@ -439,6 +439,24 @@ def save_weights(state: dict[str, torch.Tensor], path: str | Path, metadata: dic
     return path
 
 
+def read_resume_state(path: Path, fmt: int, settings: dict[str, Any]) -> dict[str, Any]:
+    """A run's `last.pt` (read with weights_only), checked to be of format `fmt` and made with `settings`.
+
+    Raises:
+        FileNotFoundError: no checkpoint to resume.
+        ValueError: another format, or settings that differ (the differences are listed).
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"nothing to resume: {path} does not exist")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("format") != fmt:
+        raise ValueError(f"{path} has checkpoint format {state.get('format')}, expected {fmt}")
+    if state["settings"] != settings:
+        diff = {k: (state["settings"].get(k), v) for k, v in settings.items() if state["settings"].get(k) != v}
+        raise ValueError(f"settings differ from the checkpoint's (checkpoint, now): {diff}")
+    return state
+
+
 def _save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
@@ -540,16 +558,7 @@ def finetune(
     if mode == "cache" and encoder_trained:
         raise ValueError("training encoder parts needs the encoder in the loop: use embeddings='online'")
     checkpoint_path = out / CHECKPOINT
-    state: dict[str, Any] | None = None
-    if resume:
-        if not checkpoint_path.is_file():
-            raise FileNotFoundError(f"nothing to resume: {checkpoint_path} does not exist")
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-        if state.get("format") != FORMAT:
-            raise ValueError(f"{checkpoint_path} has checkpoint format {state.get('format')}, expected {FORMAT}")
-        if state["settings"] != settings.to_dict():
-            diff = {k: (state["settings"].get(k), v) for k, v in settings.to_dict().items() if state["settings"].get(k) != v}
-            raise ValueError(f"settings differ from the checkpoint's (checkpoint, now): {diff}")
+    state = read_resume_state(checkpoint_path, FORMAT, settings.to_dict()) if resume else None
 
     net = load_model(model) if isinstance(model, str) else model
     net.to(device)
