@@ -9,6 +9,7 @@ is the one place where that becomes an original-image pixel.
 
 from __future__ import annotations
 
+import base64
 import math
 from dataclasses import dataclass
 
@@ -109,9 +110,25 @@ def _pixel_center(x: int, y: int, geometry: DisplayGeometry) -> tuple[int, int]:
 
 
 def _blend(canvas: np.ndarray, mask: np.ndarray, color: tuple[int, int, int], opacity: float) -> None:
+    """Tint `canvas` (h x w x 3 uint8) towards `color` inside `mask`, in place: round((1 - a) v + a c).
+
+    The blend of every possible value is a 256 x 3 table, applied in one `cv2.LUT` pass and copied back under
+    the mask (~1 ms for a 512 x 512 overlay, where boolean indexing took ~5-15 ms).
+    """
     if opacity > 0 and mask.any():
-        region = canvas[mask].astype(np.float32)
-        canvas[mask] = ((1 - opacity) * region + opacity * np.asarray(color, np.float32)).round().clip(0, 255).astype(np.uint8)
+        values = np.arange(256, dtype=np.float32)[:, None]
+        table = ((1 - opacity) * values + opacity * np.asarray(color, np.float32)).round().clip(0, 255).astype(np.uint8)
+        tinted = cv2.LUT(canvas, table[None])
+        canvas[...] = cv2.copyTo(tinted, np.ascontiguousarray(mask).view(np.uint8), canvas)
+
+
+def png_data_url(image: np.ndarray) -> str:
+    """An h x w x 3 uint8 RGB image as a `data:image/png;base64,...` URL (fast, light compression: ~5 ms and
+    ~75 kB for a 512 x 512 overlay)."""
+    ok, data = cv2.imencode(".png", np.ascontiguousarray(image[:, :, ::-1]), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise RuntimeError(f"could not encode a {image.shape} image as PNG")
+    return "data:image/png;base64," + base64.b64encode(data.tobytes()).decode("ascii")
 
 
 def _contour(canvas: np.ndarray, mask: np.ndarray, color: tuple[int, int, int], thickness: int) -> None:

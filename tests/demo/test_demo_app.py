@@ -7,11 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from sammed_edge.demo import app
 from sammed_edge.demo.engine import DemoSession
 from sammed_edge.demo.examples import example_by_name
+from sammed_edge.demo.render import png_data_url
 
 
 def test_page_content_follows_the_session(engine):
@@ -35,6 +37,16 @@ def test_build_app(engine):
     blocks = app.build_app(engine)
     ids = {getattr(block, "elem_id", None) for block in blocks.blocks.values()}
     assert {"canvas", "page-state", "mode", "undo", "reset", "new-object", "candidates", "slice", "window"} <= ids
+
+
+def test_inline_image_sends_pictures_inside_the_answer():
+    picture = np.zeros((8, 12, 3), np.uint8)
+    picture[2:5, 3:9] = (200, 30, 10)
+    component = app.InlineImage(interactive=False, elem_id="canvas")
+    data = component.postprocess(picture)
+    assert data.path is None and data.url == png_data_url(picture)  # nothing for the browser to fetch
+    assert component.postprocess(None) is None
+    assert component.get_block_name() == "image"  # drawn (and clicked) by Gradio's own image component
 
 
 def test_explicit_bundle_must_exist(tmp_path):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import math
 
+import cv2
 import numpy as np
 import pytest
 
@@ -13,6 +15,7 @@ from sammed_edge.demo.render import (
     display_to_pixel,
     candidate_at,
     label_color,
+    png_data_url,
     render_candidates,
     render_overlay,
     to_display,
@@ -84,6 +87,10 @@ def session_with_masks():
     return state, masks[0]
 
 
+def prediction_from(mask: np.ndarray) -> st.Prediction:
+    return st.Prediction(masks=mask[None], iou=np.array([0.9], np.float32), low_res=np.zeros((1, 4, 4), np.float32))
+
+
 def test_overlay_tints_the_mask_only():
     state, mask = session_with_masks()
     geometry = display_geometry(state.size)
@@ -99,6 +106,29 @@ def test_overlay_tints_the_mask_only():
     assert (outlined != base).any(axis=2).sum() > 0
     with_prompts = render_overlay(base, state, geometry, opacity=0.0, contour=False, prompts=True)
     assert (with_prompts != base).any()  # the click is drawn
+
+
+@pytest.mark.parametrize("opacity", [0.05, 0.45, 1.0])
+def test_overlay_blend_is_the_rounded_mix_on_any_image(opacity):
+    rng = np.random.default_rng(3)
+    base = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    state = st.with_prediction(st.click(st.new_session((37, 53)), 5, 5), prediction_from(rng.random((37, 53)) > 0.6))
+    assert state.active.mask is not None and state.active.mask.any() and not state.active.mask.all()
+    geometry = display_geometry((37, 53), min_side=1)
+    shown = render_overlay(base, state, geometry, opacity=opacity, contour=False, prompts=False)
+    mask = state.active.mask
+    # the mix in float32, element by element (what boolean indexing computed before the lookup table)
+    mixed = np.round((1 - opacity) * base.astype(np.float32) + opacity * np.array(label_color(1), np.float32)).astype(np.uint8)
+    np.testing.assert_array_equal(shown[mask], mixed[mask])
+    np.testing.assert_array_equal(shown[~mask], base[~mask])
+
+
+def test_png_data_url_round_trips():
+    image = np.random.default_rng(4).integers(0, 256, (31, 47, 3), dtype=np.uint8)
+    url = png_data_url(image)
+    assert url.startswith("data:image/png;base64,")
+    decoded = cv2.imdecode(np.frombuffer(base64.b64decode(url.split(",", 1)[1]), np.uint8), cv2.IMREAD_COLOR)
+    np.testing.assert_array_equal(decoded[:, :, ::-1], image)
 
 
 def test_candidate_strip():
