@@ -51,22 +51,25 @@ MAX_UPLOAD = "512mb"
 # ------------------------------------------------------------------------------------------- pictures
 
 
-class InlineImage(gr.Image):
+def inline_image(**kwargs: Any) -> gr.Image:
     """An output `gr.Image` whose pictures travel inside the event's answer, as PNG data URLs.
 
     A plain `gr.Image` answer names a file that the browser fetches in a second request once the answer has
     arrived; for a 512 x 512 overlay that request (and Gradio's default PNG encoding) cost ~30 ms of each click
     on this machine. Here the picture is encoded once (`render.png_data_url`) and shown as soon as the answer is
-    read. The page draws it with Gradio's own image component (a template of `gr.Image`), so clicks on it report
-    the same `SelectData` as before. Takes an h x w x 3 uint8 RGB array or None.
+    read. It stays Gradio's own image component (only its `postprocess` differs), so clicks on it report the same
+    `SelectData`. Values: an h x w x 3 uint8 RGB array or None. (A subclass would do the same, but Gradio writes a
+    `.pyi` file beside the module of every component subclass when the class is created.)
     """
+    component = gr.Image(type="numpy", **kwargs)
 
-    is_template = True
-
-    def postprocess(self, value: np.ndarray | None) -> ImageData | None:
+    def postprocess(value: np.ndarray | None) -> ImageData | None:
         if value is None:
             return None
-        return ImageData(url=png_data_url(value), orig_name=f"{self.elem_id or 'image'}.png", mime_type="image/png")
+        return ImageData(url=png_data_url(value), orig_name=f"{component.elem_id or 'image'}.png", mime_type="image/png")
+
+    component.postprocess = postprocess
+    return component
 
 
 # ------------------------------------------------------------------------------------------- bundle
@@ -259,7 +262,7 @@ def build_app(engine: Engine, examples: list[Example] | None = None, title: str 
                     new_button = gr.Button("New object", size="sm", min_width=60, variant="primary",
                                            elem_id="new-object")
                 candidates = gr.Radio(choices=[], label="Mask candidates (predicted IoU)", elem_id="candidates")
-                strip = InlineImage(show_label=False, interactive=False, type="numpy", buttons=[],
+                strip = inline_image(show_label=False, interactive=False, buttons=[],
                                  elem_id="candidate-strip")
                 with gr.Row():
                     opacity = gr.Slider(0.0, 1.0, value=DEFAULT_OPACITY, step=0.05, label="overlay opacity",
@@ -283,7 +286,7 @@ def build_app(engine: Engine, examples: list[Example] | None = None, title: str 
                     download = gr.File(label="download", interactive=False, visible=False, elem_id="download")
             with gr.Column(scale=2):
                 status = gr.Markdown(status_markdown(DemoSession()), elem_id="status")
-                canvas = InlineImage(label="Click on the image", interactive=False, type="numpy",
+                canvas = inline_image(label="Click on the image", interactive=False,
                                   buttons=["download"], elem_id="canvas")
                 latency = gr.Markdown(latency_markdown(DemoSession()), elem_id="latency")
                 objects = gr.HTML("", elem_id="objects")

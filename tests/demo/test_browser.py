@@ -120,7 +120,7 @@ def click_pixel(page, x: int, y: int, data: dict) -> tuple[dict, float]:
 def displayed_overlay(page) -> np.ndarray:
     """The overlay image the page shows, decoded (RGB)."""
     src = page.evaluate("() => document.querySelector('#canvas img').src")
-    # the overlay comes inside the click's answer, as a data URL (`demo.app.InlineImage`): no second request
+    # the overlay comes inside the click's answer, as a data URL (`demo.app.inline_image`): no second request
     assert src.startswith("data:image/png;base64,"), src[:80]
     body = base64.b64decode(src.split(",", 1)[1])
     return cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]

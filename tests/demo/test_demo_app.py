@@ -42,7 +42,7 @@ def test_build_app(engine):
 def test_inline_image_sends_pictures_inside_the_answer():
     picture = np.zeros((8, 12, 3), np.uint8)
     picture[2:5, 3:9] = (200, 30, 10)
-    component = app.InlineImage(interactive=False, elem_id="canvas")
+    component = app.inline_image(interactive=False, elem_id="canvas")
     data = component.postprocess(picture)
     assert data.path is None and data.url == png_data_url(picture)  # nothing for the browser to fetch
     assert component.postprocess(None) is None
