@@ -20,6 +20,7 @@ import argparse
 import html
 import json
 import logging
+import math
 import subprocess
 import sys
 import tempfile
@@ -34,7 +35,9 @@ import numpy as np
 from gradio.data_classes import ImageData
 
 from sammed_edge.demo import state as st
-from sammed_edge.demo.engine import MODES, WINDOW_CHOICES, DemoSession, Engine, dicom_seg_available, window_value
+from sammed_edge.demo.engine import (
+    MODES, WINDOW_CHOICES, DemoSession, Engine, SessionStore, dicom_seg_available, window_value,
+)
 from sammed_edge.demo.examples import Example, find_examples
 from sammed_edge.demo.render import candidate_at, label_color, png_data_url, render_candidates, render_overlay
 from sammed_edge.runtime.errors import InputError
@@ -46,6 +49,7 @@ DEFAULT_OPACITY = 0.45
 MODE_LABELS = {"foreground": "foreground click (+)", "background": "background click (−)", "box": "box: two corners"}
 MULTIMASK_LABELS = {"auto": "3 for a lone click, else 1", "always": "always 3", "never": "always 1"}
 MAX_UPLOAD = "512mb"
+SESSION_CAPACITY = 64  # browser sessions kept (images, masks, undo steps); the least recently used go first
 
 
 # ------------------------------------------------------------------------------------------- pictures
@@ -162,7 +166,8 @@ def objects_html(session: DemoSession) -> str:
 def state_json(session: DemoSession, error: str | None = None) -> str:
     """Machine-readable page state (a hidden field): update counter, error, image, objects with mask sha256,
     timings, and whether torch is imported in the server process (it must not be)."""
-    data: dict[str, Any] = {"seq": session.seq, "error": error, "torch_imported": "torch" in sys.modules}
+    data: dict[str, Any] = {"seq": session.seq, "token": session.token, "error": error,
+                            "torch_imported": "torch" in sys.modules}
     view = session.view
     if view is not None and session.state is not None:
         data.update(st.summary(session.state))
@@ -174,33 +179,149 @@ def state_json(session: DemoSession, error: str | None = None) -> str:
     return json.dumps(data)
 
 
+# ------------------------------------------------------------------------------------------- handling
+
+CLICK_ROUTE = "/sammed-edge/click"
+
+# The page's click path. Gradio's own `select` event costs ~25 ms of page work per click on a 2-core machine
+# (before the request leaves and after the answer arrives) and ~10 ms of its server pipeline; on the direct
+# route a click on the image posts its position straight to `direct_click`, shows the overlay that comes back,
+# and only then has Gradio refresh the side panel (candidates, objects, latency) through the hidden
+# `#refresh` button. Position: the pointer over the picture as the browser draws it (`object-fit`), in
+# displayed-image pixels, unrounded (`render.display_to_pixel` floors it). Clicks are sent one at a time, in
+# order. Until the page has a session token (before the first image), Gradio's event handles the click.
+CLICK_SCRIPT = """
+<script>
+(() => {
+  let queue = Promise.resolve();
+  const token = () => {
+    try { return JSON.parse(document.querySelector('#page-state textarea').value).token || null; }
+    catch (error) { return null; }
+  };
+  const checked = (id) => { const input = document.querySelector(`#${id} input:checked`); return input ? input.value : null; };
+  async function send(body, img) {
+    const answer = await fetch(new URL('ROUTE'.slice(1), document.baseURI), {
+      method: 'POST', headers: {'content-type': 'application/json'}, body: JSON.stringify(body)});
+    const data = await answer.json();
+    if (data.overlay) {
+      img.src = data.overlay;
+      try { await img.decode(); } catch (error) { /* replaced meanwhile: nothing to wait for */ }
+    }
+    if (data.state) document.querySelector('#page-state textarea').value = data.state;
+    // the side panel once the overlay is on screen: its update must not hold up the overlay's frame
+    requestAnimationFrame(() => setTimeout(() => document.querySelector('#refresh').click(), 0));
+  }
+  document.addEventListener('click', (event) => {
+    const img = event.target;
+    if (!(img instanceof HTMLImageElement) || !img.closest('#canvas') || !img.naturalWidth) return;
+    const session = token();
+    if (!session) return;
+    const box = img.getBoundingClientRect(), style = getComputedStyle(img);
+    const nw = img.naturalWidth, nh = img.naturalHeight;
+    let sx = box.width / nw, sy = box.height / nh;
+    if (style.objectFit !== 'fill') {
+      let s = style.objectFit === 'none' ? 1 : Math.min(sx, sy);
+      if (style.objectFit === 'scale-down') s = Math.min(s, 1);
+      sx = sy = s;
+    }
+    const x = (event.clientX - box.left - (box.width - nw * sx) / 2) / sx;
+    const y = (event.clientY - box.top - (box.height - nh * sy) / 2) / sy;
+    event.stopImmediatePropagation();
+    event.preventDefault();
+    if (x < 0 || y < 0 || x >= nw || y >= nh) return;  // beside the picture
+    const opacity = document.querySelector('#opacity input[type=number]');
+    const contour = document.querySelector('#contour input');
+    const body = {token: session, x, y, mode: checked('mode'), multimask: checked('multimask'),
+                  opacity: opacity ? Number(opacity.value) : null, contour: contour ? contour.checked : true};
+    queue = queue.then(() => send(body, img)).catch((error) => console.error('click failed', error));
+  }, true);
+})();
+</script>
+""".replace("ROUTE", CLICK_ROUTE)
+
+
+def update(sessions: SessionStore, session: DemoSession, action: Callable[[DemoSession], DemoSession]
+           ) -> tuple[DemoSession, str | None]:
+    """Apply `action` to the latest value of `session`'s browser session and store the result.
+
+    An InputError (or a crash) keeps the session as it was, except its update counter (so a client sees that an
+    answer came), and is returned as the error to show.
+    """
+    with sessions.hold(session) as current:
+        try:
+            new, error = action(current), None
+        except InputError as exc:
+            new, error = current.updated(), str(exc)
+        except Exception as exc:  # noqa: BLE001 - the page must stay up and say what went wrong
+            log.error("handler failed:\n%s", traceback.format_exc())
+            new, error = current.updated(), f"internal error ({type(exc).__name__}: {exc})"
+        sessions.put(new, error)
+    return new, error
+
+
+def direct_click(engine: Engine, sessions: SessionStore, payload: dict[str, Any]) -> dict[str, Any]:
+    """A click through the page's direct route (`CLICK_ROUTE`, see `CLICK_SCRIPT`).
+
+    Args:
+        payload: "token" (the browser session), "x", "y" (the click in displayed-image pixels, unrounded),
+            "mode", "multimask", "opacity", "contour" (the page's controls).
+
+    Returns:
+        "overlay" (the new overlay as a PNG data URL, or None), "state" (`state_json`) and "error" (or None).
+    """
+    stored = sessions.latest(str(payload.get("token") or ""))
+    if stored is None:
+        return {"overlay": None, "state": None, "error": "this page's session has expired: reload the page"}
+    try:
+        index = (float(payload["x"]), float(payload["y"]))
+        mode, multi = str(payload["mode"]), str(payload["multimask"])
+        opacity, contour = float(payload.get("opacity", DEFAULT_OPACITY)), bool(payload.get("contour", True))
+    except (KeyError, TypeError, ValueError) as exc:
+        return {"overlay": None, "state": None, "error": f"malformed click request ({type(exc).__name__}: {exc})"}
+    if not all(math.isfinite(v) for v in (*index, opacity)):
+        return {"overlay": None, "state": None, "error": "malformed click request (not a finite number)"}
+    new, error = update(sessions, stored[0], lambda current: engine.click(current, index, mode, multi))
+    overlay = None
+    if new.view is not None and new.state is not None:
+        overlay = png_data_url(render_overlay(new.view.display, new.state, new.view.geometry, opacity=opacity,
+                                              contour=contour))
+    return {"overlay": overlay, "state": state_json(new, error), "error": error}
+
+
 # ------------------------------------------------------------------------------------------- app
 
 
-def build_app(engine: Engine, examples: list[Example] | None = None, title: str = "SAM-Med2D Edge") -> Any:
+def build_app(engine: Engine, examples: list[Example] | None = None, title: str = "SAM-Med2D Edge",
+              sessions: SessionStore | None = None) -> Any:
     """The Gradio page over `engine`.
+
+    Clicks on the image take the direct route when the server has it (`serve`, `CLICK_SCRIPT`), else Gradio's
+    `select` event; both end in `Engine.click` on the same stored session.
 
     Args:
         engine: the handlers (and the predictor).
         examples: example images offered as buttons (default: those installed, `find_examples()`).
         title: page title.
+        sessions: where the browser sessions live (shared with the direct click route); default: a new store.
 
     Returns:
         A `gradio.Blocks`.
     """
     examples = find_examples() if examples is None else examples
+    sessions = SessionStore(capacity=SESSION_CAPACITY) if sessions is None else sessions
     exports = tempfile.mkdtemp(prefix="sammed-demo-")
     describe = engine.predictor.describe()
     model_line = (f"model **{describe['model']}** ({describe['family']}) · target {describe['target']['name']} · "
                   f"backend {describe['encoder']['backend']} {describe['encoder'].get('version', '')}")
 
-    def page(session: DemoSession, opacity: float, contour: bool, error: str | None = None) -> tuple:
-        """Values of `outputs`, the components every handler updates."""
+    def page(session: DemoSession, opacity: float, contour: bool, error: str | None = None, overlay: bool = True) -> tuple:
+        """Values of `outputs`, the components every handler updates (the overlay skipped unless `overlay`)."""
         view, state = session.view, session.state
         if view is None or state is None:
             return (session, None, gr.update(choices=[], value=None), None, status_markdown(session, error),
                     latency_markdown(session), objects_html(session), state_json(session, error))
-        overlay = render_overlay(view.display, state, view.geometry, opacity=opacity, contour=contour)
+        picture = (render_overlay(view.display, state, view.geometry, opacity=opacity, contour=contour) if overlay
+                   else gr.skip())
         strip = render_candidates(view.display, state)
         prediction = state.active.prediction if state.active.has_prompt else None
         if prediction is not None:
@@ -208,23 +329,23 @@ def build_app(engine: Engine, examples: list[Example] | None = None, title: str 
             candidates = gr.update(choices=choices, value=state.active.chosen)
         else:
             candidates = gr.update(choices=[], value=None)
-        return (session, overlay, candidates, strip, status_markdown(session, error), latency_markdown(session),
+        return (session, picture, candidates, strip, status_markdown(session, error), latency_markdown(session),
                 objects_html(session), state_json(session, error))
 
-    def respond(session: DemoSession, opacity: float, contour: bool, action: Callable[[], DemoSession],
+    def respond(session: DemoSession, opacity: float, contour: bool, action: Callable[[DemoSession], DemoSession],
                 with_controls: bool = False) -> tuple:
-        """Run `action`; an InputError (or a crash) is shown in the status line and the old session is kept."""
-        try:
-            new = action()
-        except InputError as exc:
-            error = str(exc)
-        except Exception as exc:  # noqa: BLE001 - the page must stay up and say what went wrong
-            log.error("handler failed:\n%s", traceback.format_exc())
-            error = f"internal error ({type(exc).__name__}: {exc})"
-        else:
-            return page(new, opacity, contour) + (controls(new) if with_controls else ())
-        # The session is kept as it was; only its update counter moves, so a client sees that an answer came.
-        return page(session.updated(), opacity, contour, error) + ((gr.skip(),) * 3 if with_controls else ())
+        """Run `action` (`update`) and answer with the whole page."""
+        new, error = update(sessions, session, action)
+        return page(new, opacity, contour, error) + ((controls(new) if error is None else (gr.skip(),) * 3)
+                                                     if with_controls else ())
+
+    def refresh(session: DemoSession, opacity: float, contour: bool) -> tuple:
+        """The page (all but the overlay) for the browser session's latest value, with its last error."""
+        with sessions.hold(session) as current:
+            stored = sessions.latest(current.token)
+        error = stored[1] if stored is not None else None
+        values = page(current, opacity, contour, error, overlay=False)
+        return values[:1] + values[2:]
 
     def controls(new: DemoSession) -> tuple:
         """Window, slice slider and axis controls for the image just opened."""
@@ -291,46 +412,49 @@ def build_app(engine: Engine, examples: list[Example] | None = None, title: str 
                 latency = gr.Markdown(latency_markdown(DemoSession()), elem_id="latency")
                 objects = gr.HTML("", elem_id="objects")
                 page_state = gr.Textbox(state_json(DemoSession()), visible="hidden", elem_id="page-state")
+                # pressed by `CLICK_SCRIPT` after a direct click, to bring the rest of the page up to date
+                refresh_button = gr.Button("refresh", visible="hidden", elem_id="refresh")
 
         outputs = [session, canvas, candidates, strip, status, latency, objects, page_state]
         view_controls = [window, index, axis]
         common = dict(api_visibility="private")
 
         def on_upload(s: DemoSession, op: float, co: bool, path: str | None, choice: str, lvl: float, wid: float) -> tuple:
-            def action() -> DemoSession:
+            def action(current: DemoSession) -> DemoSession:
                 if not path:
                     raise InputError("no file received")
-                return engine.open(s, path, window=window_value(choice, lvl, wid))
+                return engine.open(current, path, window=window_value(choice, lvl, wid))
 
             return respond(s, op, co, action, with_controls=True)
 
         def on_example(example: Example) -> Callable:
             def handler(s: DemoSession, op: float, co: bool) -> tuple:
-                return respond(s, op, co, lambda: engine.open(s, example.path, window=example.window), with_controls=True)
+                return respond(s, op, co, lambda current: engine.open(current, example.path, window=example.window),
+                               with_controls=True)
 
             return handler
 
         def on_reslice(s: DemoSession, op: float, co: bool, choice: str, lvl: float, wid: float, idx: float, ax: int) -> tuple:
-            def action() -> DemoSession:
-                view, _ = s.require()
+            def action(current: DemoSession) -> DemoSession:
+                view, _ = current.require()
                 changed_axis = view.kind == "nifti" and int(ax) != view.axis
-                return engine.reslice(s, window=window_value(choice, lvl, wid),
+                return engine.reslice(current, window=window_value(choice, lvl, wid),
                                       index=None if changed_axis else int(idx), axis=int(ax))
 
             return respond(s, op, co, action, with_controls=True)
 
         def on_select(s: DemoSession, op: float, co: bool, how: str, multi: str, evt: gr.SelectData) -> tuple:
-            return respond(s, op, co, lambda: engine.click(s, evt.index, how, multi))
+            return respond(s, op, co, lambda current: engine.click(current, evt.index, how, multi))
 
         def on_choose(s: DemoSession, op: float, co: bool, value: Any) -> tuple:
-            return respond(s, op, co, lambda: engine.choose(s, int(value)) if value is not None else s)
+            return respond(s, op, co, lambda current: engine.choose(current, int(value)) if value is not None else current)
 
         def on_strip(s: DemoSession, op: float, co: bool, evt: gr.SelectData) -> tuple:
-            return respond(s, op, co, lambda: engine.choose(s, candidate_at(evt.index[0])))
+            return respond(s, op, co, lambda current: engine.choose(current, candidate_at(evt.index[0])))
 
         def on(action: Callable[[DemoSession], DemoSession]) -> Callable:
             def handler(s: DemoSession, op: float, co: bool) -> tuple:
-                return respond(s, op, co, lambda: action(s))
+                return respond(s, op, co, action)
 
             return handler
 
@@ -350,6 +474,7 @@ def build_app(engine: Engine, examples: list[Example] | None = None, title: str 
         # A click is the latency-critical event: answered outside Gradio's queue (the predictor is thread-safe) and
         # without the progress overlay, which costs a repaint per click.
         canvas.select(on_select, prefix + [mode, multimask], outputs, queue=False, show_progress="hidden", **common)
+        refresh_button.click(refresh, prefix, outputs[:1] + outputs[2:], queue=False, show_progress="hidden", **common)
         candidates.input(on_choose, prefix + [candidates], outputs, **common)
         strip.select(on_strip, prefix, outputs, **common)
         undo_button.click(on(engine.undo), prefix, outputs, **common)
@@ -360,11 +485,13 @@ def build_app(engine: Engine, examples: list[Example] | None = None, title: str 
 
         def exporter(fmt: str) -> Callable:
             def run(s: DemoSession) -> tuple:
-                try:
-                    path = engine.export(s, fmt, tempfile.mkdtemp(dir=exports))
-                except InputError as exc:
-                    return status_markdown(s, str(exc)), gr.update(value=None, visible=False)
-                return status_markdown(s) + f" · wrote {html.escape(path.name)}", gr.update(value=str(path), visible=True)
+                with sessions.hold(s) as current:
+                    try:
+                        path = engine.export(current, fmt, tempfile.mkdtemp(dir=exports))
+                    except InputError as exc:
+                        return status_markdown(current, str(exc)), gr.update(value=None, visible=False)
+                return (status_markdown(current) + f" · wrote {html.escape(path.name)}",
+                        gr.update(value=str(path), visible=True))
 
             return run
 
@@ -398,10 +525,25 @@ def main(argv: list[str] | None = None) -> int:
     bundle = ensure_bundle(args.bundle)
     engine = Engine.from_bundle(bundle, cache_size=args.cache_size, threads=args.threads)
     log.info("bundle %s loaded (%s)", bundle, engine.predictor.describe()["model"])
-    app = build_app(engine)
-    app.queue().launch(server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD, quiet=args.quiet,
-                       show_error=True, state_session_capacity=64)
+    serve(engine, host=args.host, port=args.port, quiet=args.quiet)
     return 0
+
+
+def serve(engine: Engine, host: str = "127.0.0.1", port: int = 7860, quiet: bool = False) -> None:
+    """Start the page (`build_app`) with its direct click route (`CLICK_ROUTE`) and serve until interrupted."""
+    sessions = SessionStore(capacity=SESSION_CAPACITY)
+    app = build_app(engine, sessions=sessions)
+    app.queue().launch(server_name=host, server_port=port, max_file_size=MAX_UPLOAD, quiet=quiet, show_error=True,
+                       state_session_capacity=SESSION_CAPACITY, head=CLICK_SCRIPT, prevent_thread_lock=True)
+
+    def click(payload: dict[str, Any]) -> dict[str, Any]:
+        return direct_click(engine, sessions, payload)
+
+    # Gradio's catch-all page routes would shadow a route added after them: this one goes first.
+    app.server_app.add_api_route(CLICK_ROUTE, click, methods=["POST"])
+    routes = app.server_app.router.routes
+    routes.insert(0, routes.pop())
+    app.block_thread()
 
 
 if __name__ == "__main__":

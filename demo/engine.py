@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import secrets
 import threading
 import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,12 +105,14 @@ class DemoSession:
             last click), "click_cached" (the last click found the embedding in the cache, as it normally does)
             and "click_ms" (the last click's handling in the server, prediction included).
         seq: number of updates so far (the page publishes it so that a client can wait for the next one).
+        token: the key of this browser session in a `SessionStore` ("" until it is stored).
     """
 
     view: ImageView | None = None
     state: st.SessionState | None = None
     timings: dict[str, Any] = field(default_factory=dict)
     seq: int = 0
+    token: str = ""
 
     def require(self) -> tuple[ImageView, st.SessionState]:
         if self.view is None or self.state is None:
@@ -115,6 +121,53 @@ class DemoSession:
 
     def updated(self, **changes: Any) -> "DemoSession":
         return dataclasses.replace(self, seq=self.seq + 1, **changes)
+
+
+class SessionStore:
+    """The latest `DemoSession` of each browser session, by token: the one place both of the page's paths (Gradio
+    events and the direct click route) read and write sessions.
+
+    `hold(session)` serialises the updates of one browser session and yields its latest value (a session without
+    a token gets one); `put` inside it records the next value. The `capacity` most recently used sessions are
+    kept; older ones are dropped (their page then asks to reload).
+    """
+
+    def __init__(self, capacity: int = 64) -> None:
+        self.capacity = capacity
+        self._sessions: OrderedDict[str, tuple[DemoSession, str | None]] = OrderedDict()
+        self._locks: dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    def latest(self, token: str) -> tuple[DemoSession, str | None] | None:
+        """The latest session of `token` and the error its last update raised, or None when unknown."""
+        with self._lock:
+            found = self._sessions.get(token)
+            if found is not None:
+                self._sessions.move_to_end(token)
+            return found
+
+    @contextmanager
+    def hold(self, session: DemoSession) -> Iterator[DemoSession]:
+        """Lock `session`'s browser session and yield its latest value (newer than `session` when the other path
+        updated it meanwhile)."""
+        if not session.token:
+            session = dataclasses.replace(session, token=secrets.token_urlsafe(16))
+        with self._lock:
+            lock = self._locks.setdefault(session.token, threading.Lock())
+        with lock:
+            stored = self.latest(session.token)
+            yield stored[0] if stored is not None and stored[0].seq >= session.seq else session
+
+    def put(self, session: DemoSession, error: str | None = None) -> None:
+        """Record `session` (with the error of the update that produced it, if any) as its token's latest."""
+        if not session.token:
+            raise ValueError("a session must have a token to be stored (use hold())")
+        with self._lock:
+            self._sessions[session.token] = (session, error)
+            self._sessions.move_to_end(session.token)
+            while len(self._sessions) > self.capacity:
+                dropped, _ = self._sessions.popitem(last=False)
+                self._locks.pop(dropped, None)
 
 
 def _stem(name: str) -> str:

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from sammed_edge.demo import app
-from sammed_edge.demo.engine import DemoSession
+from sammed_edge.demo import state as st
+from sammed_edge.demo.engine import DemoSession, SessionStore
 from sammed_edge.demo.examples import example_by_name
-from sammed_edge.demo.render import png_data_url
+from sammed_edge.demo.render import png_data_url, render_overlay
 
 
 def test_page_content_follows_the_session(engine):
@@ -87,3 +88,62 @@ def test_server_process_is_torch_free_on_loopback(demo_server):
     log = demo_server["log"].read_text(errors="replace")
     assert "Running on local URL:  http://127.0.0.1:" in log
     assert demo_server["process"].poll() is None
+
+
+def test_session_store_serialises_a_browser_session_and_keeps_the_latest():
+    store = SessionStore(capacity=2)
+    with store.hold(DemoSession()) as first:
+        assert first.token  # a session gets its token when first stored
+        store.put(first.updated())
+    newer = store.latest(first.token)[0]
+    assert newer.seq == 1
+    with store.hold(first) as current:  # an older copy (a page's gr.State) yields the stored, newer value
+        assert current is newer
+        store.put(current.updated(), "a problem")
+    assert store.latest(first.token)[0].seq == 2 and store.latest(first.token)[1] == "a problem"
+    with pytest.raises(ValueError, match="token"):
+        store.put(DemoSession())
+    for _ in range(2):  # two more sessions push the least recently used out
+        with store.hold(DemoSession()) as other:
+            store.put(other)
+    assert store.latest(first.token) is None
+
+
+def test_direct_click_answers_the_overlay_and_the_page_state(engine):
+    store = SessionStore()
+    example = example_by_name("CT")
+    opened, error = app.update(store, DemoSession(), lambda s: engine.open(s, example.path, window=example.window))
+    assert error is None
+    click = {"token": opened.token, "x": 200.7, "y": 121.2, "mode": "foreground", "multimask": "auto",
+             "opacity": 0.3, "contour": False}
+    answer = app.direct_click(engine, store, click)
+    assert answer["error"] is None
+    expected = engine.click(opened, (200.7, 121.2), "foreground", "auto")
+    data = json.loads(answer["state"])
+    assert data["seq"] == opened.seq + 1 and data["token"] == opened.token
+    assert data["objects"][0]["clicks"] == [[50, 30, 1]]  # CT_small is shown 4 times enlarged: pixel floor(x / 4)
+    assert data["mask"]["sha256"] == st.mask_digest(expected.state.active.mask)
+    view = expected.view
+    assert answer["overlay"] == png_data_url(render_overlay(view.display, expected.state, view.geometry, opacity=0.3,
+                                                            contour=False))
+    assert store.latest(opened.token)[0].seq == data["seq"]  # the Gradio events see this click
+
+    # mistakes come back as errors, never as a crash, and leave the session as it was
+    assert "expired" in app.direct_click(engine, store, {**click, "token": "nope"})["error"]
+    assert "malformed" in app.direct_click(engine, store, {**click, "x": "left"})["error"]
+    assert "malformed" in app.direct_click(engine, store, {**click, "y": float("nan")})["error"]
+    wrong = app.direct_click(engine, store, {**click, "mode": "lasso"})
+    assert "unknown click mode" in wrong["error"] and json.loads(wrong["state"])["error"] == wrong["error"]
+    assert store.latest(opened.token)[0].state.active.clicks == expected.state.active.clicks
+
+
+def test_click_route_on_the_server(demo_server):
+    """The route the page's script posts to (the browser test drives it from a real page)."""
+    import urllib.request
+
+    request = urllib.request.Request(demo_server["url"].rstrip("/") + app.CLICK_ROUTE, method="POST",
+                                     data=json.dumps({"token": "unknown"}).encode(),
+                                     headers={"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        answer = json.loads(response.read())
+    assert answer["overlay"] is None and "reload the page" in answer["error"]
