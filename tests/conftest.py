@@ -80,9 +80,14 @@ def randomized(model, seed: int = 0):
 @pytest.fixture(scope="session")
 def tiny_model():
     """A small random SAM-Med2D-architecture model (64 px input, adapters), built through the registry."""
+    import torch
+
     from sammed_edge.export.models import build_model
 
-    return randomized(build_model("sam_med2d_vit_b", **TINY_SAM_MED2D))
+    # the same model in every test session, whichever tests drew random numbers before this fixture
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return randomized(build_model("sam_med2d_vit_b", **TINY_SAM_MED2D))
 
 
 @pytest.fixture(scope="session")
