@@ -29,6 +29,7 @@ class OpenVinoBackend:
             CPU has it, else fp32 (what reduced-precision bundles record, so they run on any CPU).
         cache_dir: folder for OpenVINO's compiled-model cache (faster second start).
         check_feeds: validate feeds against the contract before running.
+        perf_count: collect OpenVINO's per-layer timings (`layer_profile`; a small cost on every run).
 
     Each thread gets its own infer request, so `run` may be called concurrently.
     """
@@ -46,6 +47,7 @@ class OpenVinoBackend:
         inference_precision: str = "fp32",
         cache_dir: str | Path | None = None,
         check_feeds: bool = True,
+        perf_count: bool = False,
     ) -> None:
         try:
             import openvino as ov
@@ -68,9 +70,12 @@ class OpenVinoBackend:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         if streams or hint == "latency":
             config["NUM_STREAMS"] = int(streams or 1)
+        if perf_count:
+            config["PERF_COUNT"] = True
         if cache_dir:
             Path(cache_dir).mkdir(parents=True, exist_ok=True)
             config["CACHE_DIR"] = str(cache_dir)
+        self._config = config
         try:
             self.compiled = core.compile_model(str(path), device, config)
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own for unreadable graphs
@@ -98,6 +103,14 @@ class OpenVinoBackend:
         # results are views into the request's buffers: copy before the next call reuses them
         by_name = {port.get_any_name(): value for port, value in results.items()}
         return {name: np.array(by_name[name], copy=True) for name in self.contract.output_names}
+
+    def layer_profile(self) -> list[dict[str, Any]]:
+        """Per-layer timings of this thread's last `run` (needs `perf_count=True`): name, type, implementation
+        (OpenVINO's `exec_type`; "ref" / "unknown" ones are generic fallbacks) and ms, in execution order."""
+        if "PERF_COUNT" not in self._config:
+            raise BackendError("layer_profile() needs the backend created with perf_count=True")
+        return [{"name": info.node_name, "type": info.node_type, "implementation": info.exec_type,
+                 "ms": info.real_time.total_seconds() * 1e3} for info in self._request().profiling_info]
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "version": self._version, **self._options}
