@@ -129,6 +129,10 @@ def test_png_data_url_round_trips():
     assert url.startswith("data:image/png;base64,")
     decoded = cv2.imdecode(np.frombuffer(base64.b64decode(url.split(",", 1)[1]), np.uint8), cv2.IMREAD_COLOR)
     np.testing.assert_array_equal(decoded[:, :, ::-1], image)
+    with pytest.raises(ValueError, match="uint8"):
+        png_data_url(image.astype(np.float32))
+    with pytest.raises(ValueError, match="h x w x 3"):
+        png_data_url(image[:, :, 0])
 
 
 def test_candidate_strip():
