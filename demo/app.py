@@ -181,6 +181,13 @@ def state_json(session: DemoSession, error: str | None = None) -> str:
 
 # ------------------------------------------------------------------------------------------- handling
 
+
+def session_overlay(session: DemoSession, opacity: float, contour: bool) -> np.ndarray | None:
+    """The overlay the page shows for `session` (`render.render_overlay` of its image), or None without an image."""
+    if session.view is None or session.state is None:
+        return None
+    return render_overlay(session.view.display, session.state, session.view.geometry, opacity=opacity, contour=contour)
+
 CLICK_ROUTE = "/sammed-edge/click"
 
 # The page's click path. Gradio's own `select` event costs ~25 ms of page work per click on a 2-core machine
@@ -281,11 +288,8 @@ def direct_click(engine: Engine, sessions: SessionStore, payload: dict[str, Any]
     if not all(math.isfinite(v) for v in (*index, opacity)):
         return {"overlay": None, "state": None, "error": "malformed click request (not a finite number)"}
     new, error = update(sessions, stored[0], lambda current: engine.click(current, index, mode, multi))
-    overlay = None
-    if new.view is not None and new.state is not None:
-        overlay = png_data_url(render_overlay(new.view.display, new.state, new.view.geometry, opacity=opacity,
-                                              contour=contour))
-    return {"overlay": overlay, "state": state_json(new, error), "error": error}
+    overlay = session_overlay(new, opacity, contour)
+    return {"overlay": None if overlay is None else png_data_url(overlay), "state": state_json(new, error), "error": error}
 
 
 # ------------------------------------------------------------------------------------------- app
@@ -320,8 +324,7 @@ def build_app(engine: Engine, examples: list[Example] | None = None, title: str 
         if view is None or state is None:
             return (session, None, gr.update(choices=[], value=None), None, status_markdown(session, error),
                     latency_markdown(session), objects_html(session), state_json(session, error))
-        picture = (render_overlay(view.display, state, view.geometry, opacity=opacity, contour=contour) if overlay
-                   else gr.skip())
+        picture = session_overlay(session, opacity, contour) if overlay else gr.skip()
         strip = render_candidates(view.display, state)
         prediction = state.active.prediction if state.active.has_prompt else None
         if prediction is not None:
