@@ -4,9 +4,9 @@
         --threads 2 --markdown docs/benchmarks.md --json docs/benchmarks-targets.json
 
 Rows:
-    naive: the same weights exported the plain way (TorchScript exporter, opset 17, no graph cleaning) and run by
-        onnxruntime fp32 with its default session options; built here from the first bundle's model, or given
-        (`--baseline`, e.g. the teacher's naive bundle when the bundles are a distilled student's).
+    naive: the same weights exported the plain way (TorchScript exporter, opset 17, the model's own forward, no
+        graph cleaning) and run by onnxruntime fp32 with its default session options; built here from the first
+        bundle's model, or given (`--baseline`, e.g. the teacher's naive bundle when the bundles are a distilled student's).
     torch eager: `TorchPredictor` on the same weights.
     each bundle given: through `sammed_edge.runtime.Predictor` with the options the bundle records.
 Every row runs `sammed-edge bench` in its own process, one after another (no two rows share the CPU): encoder,
@@ -19,6 +19,7 @@ sammed_edge.export.evaluate` for "torch eager"; `--evaluate` runs the missing bu
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shutil
 import subprocess
@@ -45,7 +46,7 @@ def naive_bundle(reference: Path, out: Path, model: SamModel | None = None) -> P
     """A bundle of `reference`'s model exported the plain way, run with onnxruntime's defaults.
 
     Copies `reference` (an onnx-fp32 bundle) and replaces its graphs with fresh TorchScript exports at opset 17
-    without onnxslim; the manifest records onnxruntime's default options, so `Predictor.from_bundle` runs them so.
+    of the model's own forward (the decoder in its "sam" form), without onnxslim; the manifest records onnxruntime's default options, so `Predictor.from_bundle` runs them so.
     `model` defaults to the bundle's checkpoint (or registered name).
     """
     bundle = load_bundle(reference)
@@ -58,7 +59,7 @@ def naive_bundle(reference: Path, out: Path, model: SamModel | None = None) -> P
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    exporters = {"encoder": export_encoder, "decoder": export_decoder}
+    exporters = {"encoder": export_encoder, "decoder": functools.partial(export_decoder, form="sam")}
     for graph, entry in manifest["graphs"].items():
         path = exporters[graph](model, out / entry["file"], opset=17)
         entry["runtime_options"] = dict(ORT_DEFAULTS[graph])

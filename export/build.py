@@ -28,7 +28,7 @@ import torch
 from sammed_edge.export.bundler import TARGETS, BuildOptions, build_bundle
 from sammed_edge.export.calibration import calibration_set
 from sammed_edge.export.gate import GateError
-from sammed_edge.export.graphs import EXPORTERS, VerificationError
+from sammed_edge.export.graphs import DECODER_FORMS, EXPORTERS, VerificationError
 from sammed_edge.export import pipeline
 from sammed_edge.export.models import list_models, load_model
 from sammed_edge.export.models.registry import MODELS
@@ -87,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--exporter", choices=EXPORTERS, default=BuildOptions.exporter, help="ONNX exporter (see docs/exporters.md)")
     parser.add_argument("--opset", type=int, default=BuildOptions.opset)
     parser.add_argument("--no-slim", action="store_true", help="skip onnxslim graph cleanup")
+    parser.add_argument("--decoder-form", choices=DECODER_FORMS, default=BuildOptions.decoder_form,
+                        help="factored: the decoder's image-sized products reordered (same outputs, fewer FLOPs); "
+                             "sam: the model's own forward (docs/exporters.md)")
     parser.add_argument("--verify-images", type=int, default=BuildOptions.verify_images, help="real images used by the checks")
     parser.add_argument("--data", type=Path, help="image folder in SAM-Med2D's layout for the checks")
     parser.add_argument("--calib", type=Path, help="calibration source: a dataset in SAM-Med2D's layout or a folder of images "
@@ -129,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     name = args.checkpoint.stem if args.checkpoint else (args.model or DEFAULT_MODEL)
     checkpoint = args.checkpoint or name
     options = BuildOptions(exporter=args.exporter, opset=args.opset, slim=not args.no_slim, verify_images=args.verify_images,
-                           fuse=not args.no_fuse, gate=not args.no_gate)
+                           fuse=not args.no_fuse, gate=not args.no_gate, decoder_form=args.decoder_form)
     stages: list[pipeline.Stage] = []
     if args.finetune_data or args.distill:
         chain = pipeline.ChainOptions(
@@ -150,8 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for stage in stages:
         checkpoint = stage.execute()
-    exporter = {"kind": options.exporter, "opset": options.opset, "onnxslim": options.slim, "fuse_attention": options.fuse}
-    if stages and pipeline.bundle_is_current(out, Path(checkpoint), target.name, exporter):
+    if stages and pipeline.bundle_is_current(out, Path(checkpoint), target.name, options.exporter_record()):
         print(f"bundle {out} is current (same checkpoint, target and export settings): nothing to do")
         return 0
     log.info("… load %s", checkpoint)

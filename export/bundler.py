@@ -10,6 +10,7 @@ failure leaves no bundle behind.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import shutil
 import sys
@@ -142,6 +143,12 @@ class BuildOptions:
     gate: bool = True
     box_budget: float = BOX_BUDGET
     point_budget: float = POINT_BUDGET
+    decoder_form: str = graphs.DEFAULT_DECODER_FORM
+
+    def exporter_record(self) -> dict[str, Any]:
+        """The export settings as the manifest's provenance records them."""
+        return {"kind": self.exporter, "opset": self.opset, "onnxslim": self.slim, "fuse_attention": self.fuse,
+                "decoder_form": self.decoder_form}
 
 
 @dataclass
@@ -368,11 +375,13 @@ def build_bundle(
     bundle_dir.mkdir()
     try:
         exported: dict[str, dict[str, Any]] = {}
-        for name, export in (("encoder", graphs.export_encoder), ("decoder", graphs.export_decoder)):
+        for name, export in (("encoder", graphs.export_encoder),
+                             ("decoder", functools.partial(graphs.export_decoder, form=options.decoder_form))):
             done = _step(f"export {name}", seconds)
             path = export(model, fp32_dir / f"{name}.onnx", exporter=options.exporter, opset=options.opset)
             exported[name] = {"onnxslim": graphs.slim(path) if options.slim else None}
             done()
+        exported["decoder"]["form"] = options.decoder_form
         verification: dict[str, Any] = {}
         done = _step(f"verify fp32 ONNX graphs against PyTorch on {len(images)} images", seconds)
         verification["onnx_fp32"] = {
@@ -418,8 +427,7 @@ def build_bundle(
             "provenance": {
                 "checkpoint": {"path": str(checkpoint) if checkpoint else None,
                                "sha256": bundle_schema.sha256_file(checkpoint) if checkpoint and Path(checkpoint).is_file() else None},
-                "exporter": {"kind": options.exporter, "opset": options.opset, "onnxslim": options.slim,
-                             "fuse_attention": options.fuse},
+                "exporter": options.exporter_record(),
                 "calibration": calibration.describe() if calibration is not None and target.reduced else None,
                 "tools": tool_versions(*TOOLS),
                 "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -23,12 +23,17 @@ from torch import nn
 from sammed_edge.runtime import contract as io_contract
 from sammed_edge.runtime import processing
 
+from .factored_decoder import FactoredDecoderGraph
 from .models.sam import SamModel
 
 log = logging.getLogger(__name__)
 
 EXPORTERS = ("torchscript", "dynamo")
 DEFAULT_OPSET = 17
+# how the decoder graph is written: "factored" reorders the image-sized products (factored_decoder.py), "sam" is
+# the model's own forward (the plain export the benchmarks compare against)
+DECODER_FORMS = ("factored", "sam")
+DEFAULT_DECODER_FORM = "factored"
 
 
 class VerificationError(RuntimeError):
@@ -65,9 +70,7 @@ class DecoderGraph(nn.Module):
         has_mask_input: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         sparse = self.prompt_encoder.embed_labelled_points(point_coords, point_labels)
-        weight = has_mask_input.reshape(-1, 1, 1, 1)
-        no_mask = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
-        dense = weight * self.prompt_encoder.embed_masks(mask_input) + (1 - weight) * no_mask
+        dense = self.prompt_encoder.blend_mask_prompt(mask_input, has_mask_input)
         masks, iou = self.mask_decoder.predict_masks(image_embeddings, self.dense_pe, sparse, dense)
         return iou, masks
 
@@ -142,9 +145,18 @@ def export_encoder(model: SamModel, path: str | Path, exporter: str = "torchscri
     return _export(EncoderGraph(model), encoder_contract(model), Path(path), exporter, opset)
 
 
-def export_decoder(model: SamModel, path: str | Path, exporter: str = "torchscript", opset: int = DEFAULT_OPSET) -> Path:
-    """Write the prompt decoder graph (contract: `decoder_contract(model)`)."""
-    return _export(DecoderGraph(model), decoder_contract(model), Path(path), exporter, opset)
+def decoder_module(model: SamModel, form: str = DEFAULT_DECODER_FORM) -> nn.Module:
+    """The export wrapper of the prompt decoder in `form` (one of DECODER_FORMS); both compute the same outputs."""
+    forms = {"factored": FactoredDecoderGraph, "sam": DecoderGraph}
+    if form not in forms:
+        raise ValueError(f"unknown decoder form {form!r}; choose from {DECODER_FORMS}")
+    return forms[form](model)
+
+
+def export_decoder(model: SamModel, path: str | Path, exporter: str = "torchscript", opset: int = DEFAULT_OPSET,
+                   form: str = DEFAULT_DECODER_FORM) -> Path:
+    """Write the prompt decoder graph (contract: `decoder_contract(model)`) in `form` (see `decoder_module`)."""
+    return _export(decoder_module(model, form), decoder_contract(model), Path(path), exporter, opset)
 
 
 # ------------------------------------------------------------------------------------------ verification

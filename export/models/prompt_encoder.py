@@ -109,6 +109,12 @@ class PromptEncoder(nn.Module):
         """B x 1 x 4h x 4w mask prompt -> B x C x h x w."""
         return self.mask_downscaling(masks)
 
+    def blend_mask_prompt(self, mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> torch.Tensor:
+        """Dense embedding of SAM's ONNX mask inputs without a branch: B x 1 x 4h x 4w, B (0 or 1) -> B x C x h x w."""
+        weight = has_mask_input.reshape(-1, 1, 1, 1)
+        no_mask = self.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        return weight * self.embed_masks(mask_input) + (1 - weight) * no_mask
+
     def no_mask_dense(self, batch: int) -> torch.Tensor:
         """Dense embedding when there is no mask prompt: B x C x h x w."""
         height, width = self.image_embedding_size

@@ -38,8 +38,10 @@ NONE = {"WindowAttentionFusion": 0, "RelPosAttentionFusion": 0, "CrossAttentionF
 EXPECTED = {
     "lite_encoder": NONE | {"WindowAttentionFusion": 4},  # attention stages hold 1 + 2 + 1 blocks
     "sammed_encoder": NONE | {"RelPosAttentionFusion": 3},  # 2 windowed blocks and 1 global block
-    "decoder": NONE | {"CrossAttentionFusion": 7},  # 2 layers x (self, token->image, image->token) + final
+    "decoder": NONE | {"CrossAttentionFusion": 7},  # SAM's form: 2 layers x (self, token->image, image->token) + final
+    "factored_decoder": NONE | {"CrossAttentionFusion": 2},  # the cross-attentions are factored; 2 self-attentions
 }
+FACTORED_SOFTMAXES = {"factored_decoder": 5}  # its 5 cross-attentions keep their own (factored) softmax
 
 
 @pytest.fixture(autouse=True)
@@ -60,7 +62,7 @@ def _perturbed(model, seed: int = 0):
 
 @pytest.fixture(scope="module")
 def graphs(tmp_path_factory) -> dict[str, onnx.ModelProto]:
-    """Slimmed graphs as the build writes them: tiny LiteMedSAM encoder + decoder, tiny SAM-Med2D encoder."""
+    """Slimmed graphs as the build writes them: tiny LiteMedSAM encoder + decoder (both forms), tiny SAM-Med2D encoder."""
     from sammed_edge.export import graphs as export
     from sammed_edge.export.models import build_model
 
@@ -69,7 +71,8 @@ def graphs(tmp_path_factory) -> dict[str, onnx.ModelProto]:
     sammed = _perturbed(build_model("sam_med2d_vit_b", **TINY_SAM_MED2D), seed=1)
     paths = {
         "lite_encoder": export.export_encoder(lite, folder / "lite_encoder.onnx"),
-        "decoder": export.export_decoder(lite, folder / "decoder.onnx"),
+        "decoder": export.export_decoder(lite, folder / "decoder.onnx", form="sam"),
+        "factored_decoder": export.export_decoder(lite, folder / "factored_decoder.onnx", form="factored"),
         "sammed_encoder": export.export_encoder(sammed, folder / "sammed_encoder.onnx"),
     }
     out = {}
@@ -94,7 +97,7 @@ def test_fused_count_per_form(graphs, name, op):
     fused, counts = fuse_attention(graphs[name], op=op)
     assert counts == EXPECTED[name]
     assert count_fused(fused)[op] == sum(EXPECTED[name].values())
-    assert not any(node.op_type == "Softmax" for node in fused.graph.node)
+    assert sum(node.op_type == "Softmax" for node in fused.graph.node) == FACTORED_SOFTMAXES.get(name, 0)
     opset = max(o.version for o in fused.opset_import if o.domain in ("", "ai.onnx"))
     assert opset == (23 if op == ATTENTION else 17)
 
@@ -131,10 +134,10 @@ def test_input_model_is_not_modified(graphs):
 
 
 def test_each_fusion_class_fuses_only_its_form(graphs):
-    for fusion, form in ((WindowAttentionFusion, "lite_encoder"), (RelPosAttentionFusion, "sammed_encoder"),
-                         (CrossAttentionFusion, "decoder")):
+    for fusion, forms in ((WindowAttentionFusion, ["lite_encoder"]), (RelPosAttentionFusion, ["sammed_encoder"]),
+                          (CrossAttentionFusion, ["decoder", "factored_decoder"])):
         for name, model in graphs.items():
-            assert fusion().count(model) == (EXPECTED[name][fusion.__name__] if name == form else 0), (fusion, name)
+            assert fusion().count(model) == (EXPECTED[name][fusion.__name__] if name in forms else 0), (fusion, name)
 
 
 def _mlp_classifier() -> onnx.ModelProto:
@@ -208,15 +211,15 @@ def test_verification_raises_on_a_wrong_fusion(graphs):
 
 @pytest.mark.skipif(not (BUNDLE / "decoder.onnx").is_file(), reason=f"{BUNDLE} has not been built")
 def test_default_bundle_counts():
-    """The build fused every attention of the default bundle: 10 TinyViT blocks, 7 two-way-transformer attentions."""
+    """The build fused every attention of the default bundle: 10 TinyViT blocks, the factored decoder's 2 self-attentions."""
     import json
 
     encoder = onnx.load(str(BUNDLE / "encoder.onnx"))
     decoder = onnx.load(str(BUNDLE / "decoder.onnx"))
-    assert count_fused(encoder)[ATTENTION] == 10 and count_fused(decoder)[ATTENTION] == 7
+    assert count_fused(encoder)[ATTENTION] == 10 and count_fused(decoder)[ATTENTION] == 2
     assert not any(node.op_type == "Softmax" for node in encoder.graph.node)
     assert fuse_attention(encoder)[1] == NONE  # nothing left to fuse
     graphs = json.loads((BUNDLE / "manifest.json").read_text())["graphs"]
-    for name, expected in (("encoder", {"WindowAttentionFusion": 10}), ("decoder", {"CrossAttentionFusion": 7})):
+    for name, expected in (("encoder", {"WindowAttentionFusion": 10}), ("decoder", {"CrossAttentionFusion": 2})):
         record = graphs[name]["fusion"]
         assert record["applied"] and record["counts"] == NONE | expected and record["max_relative_diff"] < 1e-4

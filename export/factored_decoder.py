@@ -1,0 +1,159 @@
+"""The prompt decoder graph with its image-sized products reordered: same contract and outputs, ~40 % of the FLOPs.
+
+SAM's decoder spends its time where prompt tokens (T of them: 5 output tokens plus the prompt points) meet the N
+image tokens (N = h x w, 4096 for LiteMedSAM's 64 x 64 grid). Written plainly, every cross-attention first projects
+all N image tokens to the attention width D (two N x C x D products), although only T tokens sit on the other
+side. With H heads of width d = D / H, the same numbers come from products whose inner size is H x T instead:
+
+token -> image (T queries q_h, keys and values from the image x, N x C):
+    scores_h = q_h (x W_kh^T + b_kh)^T = (q_h W_kh) x^T + (q_h b_kh)       the last term is the same for every
+                                                                           image token: softmax drops it
+    out_h    = P_h (x W_vh^T + b_vh) = (P_h x) W_vh^T + b_vh                  rows of P_h sum to 1
+image -> token (N queries from the image x, keys k_h and values v_h from the T tokens):
+    scores_h = (x W_qh^T + b_qh) k_h^T = x (W_qh^T k_h^T) + b_qh k_h^T
+    out      = sum_h A_h v_h W_oh^T + b_o = [A_1 .. A_H] [v_1 W_o1^T; ..; v_H W_oH^T] + b_o
+
+Each attention then costs 2 x N x C x (H T) multiply-adds instead of 2 x N x C x D, i.e. 117 M instead of 268 M
+for one click on LiteMedSAM (T = 7, H T = 56 against D = 128); the five cross-attentions are the decoder's bulk.
+The saving shrinks as prompts grow and turns into a loss past H T = D, i.e. 16 prompt tokens (11 points with the
+padding point, or 9 points and a box): clicks rarely go that far.
+
+The upscaling path runs channels-last: a 2 x 2, stride-2 transposed convolution is one linear map per input
+position, so each is a matrix product whose rows are written straight into the upsampled grid's order (one
+product per output row offset, joined by a concat), the LayerNorm runs over the last axis, and the masks come out
+of one (masks x channels) @ (channels x pixels) product without a transpose of the large tensors.
+
+Everything is exact algebra: `graphs.verify_decoder` checks the exported graph against `graphs.DecoderGraph`'s
+PyTorch forward at fp32 tolerance. The graph takes batch 1, as the decoder contract says.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .models.sam import SamModel
+from .models.transformer import Attention
+
+
+def _head_rows(linear: nn.Linear, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A Linear C -> D as per-head weights H x d x C and biases H x d."""
+    width, channels = linear.weight.shape
+    return linear.weight.reshape(heads, width // heads, channels), linear.bias.reshape(heads, width // heads)
+
+
+def token_to_image(attn: Attention, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """`attn(queries, keys, values)` for T token queries over N image tokens, in O(N C H T).
+
+    Args:
+        queries: T x C prompt tokens (with their positional encoding).
+        keys: N x C image tokens with their positional encoding; values: N x C image tokens.
+
+    Returns:
+        T x C.
+    """
+    heads = attn.num_heads
+    q = attn.q_proj(queries)
+    tokens, width = q.shape
+    head_dim = width // heads
+    w_k, _ = _head_rows(attn.k_proj, heads)
+    channels = w_k.shape[2]
+    q_k = torch.bmm(q.reshape(tokens, heads, head_dim).transpose(0, 1), w_k) / math.sqrt(head_dim)  # H x T x C
+    probs = torch.softmax(q_k.reshape(heads * tokens, channels) @ keys.T, dim=-1)  # H T x N
+    pooled = (probs @ values).reshape(heads, tokens, channels)
+    w_v, b_v = _head_rows(attn.v_proj, heads)
+    out = torch.bmm(pooled, w_v.transpose(1, 2)) + b_v[:, None, :]  # H x T x d
+    return attn.out_proj(out.transpose(0, 1).reshape(tokens, width))
+
+
+def image_to_token(attn: Attention, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """`attn(queries, keys, values)` for N image-token queries over T prompt tokens, in O(N C H T).
+
+    Args:
+        queries: N x C image tokens with their positional encoding.
+        keys: T x C prompt tokens with their positional encoding; values: T x C prompt tokens.
+
+    Returns:
+        N x C.
+    """
+    heads = attn.num_heads
+    k = attn.k_proj(keys)
+    v = attn.v_proj(values)
+    tokens, width = k.shape
+    head_dim = width // heads
+    k_h = k.reshape(tokens, heads, head_dim).transpose(0, 1)  # H x T x d
+    w_q, b_q = _head_rows(attn.q_proj, heads)
+    channels = w_q.shape[2]
+    scale = 1 / math.sqrt(head_dim)
+    # elementwise product + sum for the bias term: OpenVINO's bf16 matmul rejects a product with one output column
+    score_w = torch.bmm(k_h, w_q).reshape(heads * tokens, channels) * scale  # H T x C
+    score_b = (k_h * b_q[:, None, :]).sum(-1).reshape(heads * tokens) * scale
+    points = queries.shape[0]
+    probs = torch.softmax((queries @ score_w.T + score_b).reshape(points, heads, tokens), dim=-1)
+    w_o = attn.out_proj.weight.reshape(channels, heads, head_dim).permute(1, 2, 0)  # H x d x C
+    mixed = torch.bmm(v.reshape(tokens, heads, head_dim).transpose(0, 1), w_o).reshape(heads * tokens, channels)
+    return probs.reshape(points, heads * tokens) @ mixed + attn.out_proj.bias
+
+
+class FactoredDecoderGraph(nn.Module):
+    """`graphs.DecoderGraph`'s contract and outputs (iou 1 x M, low-res mask logits 1 x M x 4h x 4w), computed as
+    the module docstring explains."""
+
+    def __init__(self, model: SamModel) -> None:
+        super().__init__()
+        self.prompt_encoder = model.prompt_encoder
+        self.mask_decoder = model.mask_decoder
+        self.grid = tuple(model.prompt_encoder.image_embedding_size)
+        dense_pe = model.prompt_encoder.get_dense_pe().detach()
+        self.register_buffer("key_pe", dense_pe.flatten(2)[0].T.contiguous(), persistent=False)  # N x C
+
+    def _upscale_masks(self, image_tokens: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
+        """N x C image tokens, M x c2 hypernetwork weights -> 1 x M x 4h x 4w mask logits."""
+        up1, norm, act1, up2, act2 = self.mask_decoder.output_upscaling
+        height, width = self.grid
+        channels = image_tokens.shape[1]
+        c1, c2 = up1.weight.shape[1], up2.weight.shape[1]
+        w1 = up1.weight.permute(2, 0, 3, 1)  # row offset x C x column offset x c1
+        x = torch.cat([(image_tokens @ w1[r].reshape(channels, 2 * c1)).reshape(height, 1, 2 * width * c1) for r in range(2)], 1)
+        x = act1(F.layer_norm(x.reshape(4 * height * width, c1) + up1.bias, (c1,), norm.weight, norm.bias, norm.eps))
+        w2 = up2.weight.permute(2, 0, 3, 1)
+        x = torch.cat([(x @ w2[r].reshape(c1, 2 * c2)).reshape(2 * height, 1, 4 * width * c2) for r in range(2)], 1)
+        x = act2(x.reshape(16 * height * width, c2) + up2.bias)
+        return (hyper @ x.T).reshape(1, hyper.shape[0], 4 * height, 4 * width)
+
+    def forward(
+        self,
+        image_embeddings: torch.Tensor,
+        point_coords: torch.Tensor,
+        point_labels: torch.Tensor,
+        mask_input: torch.Tensor,
+        has_mask_input: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        decoder = self.mask_decoder
+        transformer = decoder.transformer
+        sparse = self.prompt_encoder.embed_labelled_points(point_coords, point_labels)[0]
+        dense = self.prompt_encoder.blend_mask_prompt(mask_input, has_mask_input)
+        channels = image_embeddings.shape[1]
+        keys = (image_embeddings + dense).reshape(channels, -1).T  # N x C, channels-last from here on
+        token_pe = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight, sparse], 0)  # T x C
+        queries = token_pe
+        for layer in transformer.layers:
+            if layer.skip_first_layer_pe:
+                queries = layer.self_attn(queries[None], queries[None], queries[None])[0]
+            else:
+                q = queries + token_pe
+                queries = queries + layer.self_attn(q[None], q[None], queries[None])[0]
+            queries = layer.norm1(queries)
+            k = keys + self.key_pe
+            queries = layer.norm2(queries + token_to_image(layer.cross_attn_token_to_image, queries + token_pe, k, keys))
+            queries = layer.norm3(queries + layer.mlp(queries))
+            keys = layer.norm4(keys + image_to_token(layer.cross_attn_image_to_token, k, queries + token_pe, queries))
+        final = token_to_image(transformer.final_attn_token_to_image, queries + token_pe, keys + self.key_pe, keys)
+        queries = transformer.norm_final_attn(queries + final)
+
+        iou = decoder.iou_prediction_head(queries[0:1])
+        hyper = torch.cat([mlp(queries[1 + i : 2 + i]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], 0)
+        return iou, self._upscale_masks(keys, hyper)
