@@ -15,8 +15,8 @@ image -> token (N queries from the image x, keys k_h and values v_h from the T t
 
 Each attention then costs 2 x N x C x (H T) multiply-adds instead of 2 x N x C x D, i.e. 117 M instead of 268 M
 for one click on LiteMedSAM (T = 7, H T = 56 against D = 128); the five cross-attentions are the decoder's bulk.
-The saving shrinks as prompts grow and turns into a loss past H T = D, i.e. 16 prompt tokens (11 points with the
-padding point, or 9 points and a box): clicks rarely go that far.
+The saving shrinks as prompts grow and turns into a loss once H T exceeds D, i.e. T > 16 tokens: more than 10
+points (with the padding point) or more than 9 points and a box. Clicks rarely go that far.
 
 The upscaling path runs channels-last: a 2 x 2, stride-2 transposed convolution is one linear map per input
 position, so each is a matrix product whose rows are written straight into the upsampled grid's order (one
