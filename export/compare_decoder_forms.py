@@ -7,7 +7,7 @@ Exports the decoder as the build writes it (TorchScript exporter, onnxslim, atte
 recommends it for the backend) in the "sam" form (the model's own forward) and the "factored" form
 (`factored_decoder.py`), checks on each backend that the two agree on a real image's embedding, then times both
 interleaved in one process (each round runs every candidate once) for clicks with the previous mask fed back, as
-`sammed-edge bench` times a click. Backends: onnxruntime fp32, OpenVINO fp32 and, where the CPU has it, bf16.
+`sammed-edge bench` times a click (`compare_fusion.measure`: a shuffled order each round, runs 20 ms apart). Backends: onnxruntime fp32, OpenVINO fp32 and, where the CPU has it, bf16.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import logging
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -32,6 +32,7 @@ from sammed_edge.runtime.samples import sample_images
 from sammed_edge.runtime.sysinfo import cpu_name, tool_versions
 
 from . import graphs
+from .compare_fusion import measure
 from .doc_sections import write_section
 from .models import list_models, load_model
 
@@ -109,16 +110,10 @@ def compare(model: Any, clicks: list[int], rounds: int, threads: int, backends: 
                 ref = outputs["sam"]["low_res_masks"]
                 diff = float(np.abs(outputs["factored"]["low_res_masks"] - ref).max() / np.abs(ref).max())
                 for form, runner in runners.items():
-                    candidates.append(dict(backend=name, clicks=n, tokens=feeds[n]["point_coords"].shape[1] + model.mask_decoder.num_mask_tokens + 1,
-                                           form=form, run=runner.run, feeds=feeds[n], diff=diff, times=[]))
-    for cand in candidates:
-        cand["run"](cand["feeds"])  # warm-up
-    for index in range(rounds):
-        shift = index % len(candidates)
-        for cand in candidates[shift:] + candidates[:shift]:
-            start = time.perf_counter()
-            cand["run"](cand["feeds"])
-            cand["times"].append((time.perf_counter() - start) * 1e3)
+                    tokens = feeds[n]["point_coords"].shape[1] + model.mask_decoder.num_mask_tokens + 1
+                    candidates.append(dict(backend=name, clicks=n, tokens=tokens, form=form, run=runner.run, feeds=feeds[n],
+                                           diff=diff, times=[]))
+    measure([SimpleNamespace(**cand) for cand in candidates], rounds)  # shuffled order, 20 ms apart
     rows = []
     for cand in candidates:
         base = next(c for c in candidates if c["backend"] == cand["backend"] and c["clicks"] == cand["clicks"] and c["form"] == "sam")

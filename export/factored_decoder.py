@@ -108,7 +108,8 @@ class FactoredDecoderGraph(nn.Module):
         self.mask_decoder = model.mask_decoder
         self.grid = tuple(model.prompt_encoder.image_embedding_size)
         dense_pe = model.prompt_encoder.get_dense_pe().detach()
-        self.register_buffer("key_pe", dense_pe.flatten(2)[0].T.contiguous(), persistent=False)  # N x C
+        # persistent: exported as one initializer that every layer reads, not a constant copied per use
+        self.register_buffer("key_pe", dense_pe.flatten(2)[0].T.contiguous())  # N x C
 
     def _upscale_masks(self, image_tokens: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
         """N x C image tokens, M x c2 hypernetwork weights -> 1 x M x 4h x 4w mask logits."""

@@ -106,3 +106,18 @@ def test_exported_forms_verify_in_onnxruntime(tiny_model, tmp_path, form):
 def test_unknown_form_is_refused(tiny_model, tmp_path):
     with pytest.raises(ValueError, match="unknown decoder form 'fast'"):
         graphs.export_decoder(tiny_model, tmp_path / "x.onnx", form="fast")
+
+
+def test_positional_grid_is_stored_once(lite_medsam_model, tmp_path):
+    """Every layer reads one N x C positional-encoding initializer: a per-use copy (4 MiB each on LiteMedSAM's
+    64 x 64 grid) would grow the graph and the runtime's memory."""
+    import onnx
+    from onnx import numpy_helper
+
+    path = graphs.export_decoder(lite_medsam_model, tmp_path / "factored.onnx")
+    graphs.slim(path)
+    grid = FactoredDecoderGraph(lite_medsam_model).key_pe.numpy()
+    model = onnx.load(str(path))
+    copies = [init.name for init in model.graph.initializer
+              if tuple(init.dims) == grid.shape and np.array_equal(numpy_helper.to_array(init), grid)]
+    assert len(copies) == 1, copies
