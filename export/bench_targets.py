@@ -6,7 +6,8 @@
 Rows:
     naive: the same weights exported the plain way (TorchScript exporter, opset 17, the model's own forward, no
         graph cleaning) and run by onnxruntime fp32 with its default session options; built here from the first
-        bundle's model, or given (`--baseline`, e.g. the teacher's naive bundle when the bundles are a distilled student's).
+        bundle's model, or given (`--baseline`, e.g. the teacher's naive bundle when the bundles are a distilled
+        student's).
     torch eager: `TorchPredictor` on the same weights.
     each bundle given: through `sammed_edge.runtime.Predictor` with the options the bundle records.
 Every row runs `sammed-edge bench` in its own process, one after another (no two rows share the CPU): encoder,
@@ -46,7 +47,8 @@ def naive_bundle(reference: Path, out: Path, model: SamModel | None = None) -> P
     """A bundle of `reference`'s model exported the plain way, run with onnxruntime's defaults.
 
     Copies `reference` (an onnx-fp32 bundle) and replaces its graphs with fresh TorchScript exports at opset 17
-    of the model's own forward (the decoder in its "sam" form), without onnxslim; the manifest records onnxruntime's default options, so `Predictor.from_bundle` runs them so.
+    of the model's own forward (the decoder in its "sam" form), without onnxslim; the manifest records
+    onnxruntime's default options, so `Predictor.from_bundle` runs them so.
     `model` defaults to the bundle's checkpoint (or registered name).
     """
     bundle = load_bundle(reference)

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .graphs import DecoderGraph
 from .models.sam import SamModel
 from .models.transformer import Attention
 
@@ -98,18 +99,15 @@ def image_to_token(attn: Attention, queries: torch.Tensor, keys: torch.Tensor, v
     return probs.reshape(points, heads * tokens) @ mixed + attn.out_proj.bias
 
 
-class FactoredDecoderGraph(nn.Module):
-    """`graphs.DecoderGraph`'s contract and outputs (iou 1 x M, low-res mask logits 1 x M x 4h x 4w), computed as
-    the module docstring explains."""
+class FactoredDecoderGraph(DecoderGraph):
+    """`graphs.DecoderGraph` (same inputs, prompt embedding and outputs) with its decoding computed as the module
+    docstring explains."""
 
     def __init__(self, model: SamModel) -> None:
-        super().__init__()
-        self.prompt_encoder = model.prompt_encoder
-        self.mask_decoder = model.mask_decoder
+        super().__init__(model)
         self.grid = tuple(model.prompt_encoder.image_embedding_size)
-        dense_pe = model.prompt_encoder.get_dense_pe().detach()
         # persistent: exported as one initializer that every layer reads, not a constant copied per use
-        self.register_buffer("key_pe", dense_pe.flatten(2)[0].T.contiguous())  # N x C
+        self.register_buffer("key_pe", self.dense_pe.flatten(2)[0].T.contiguous())  # N x C
 
     def _upscale_masks(self, image_tokens: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
         """N x C image tokens, M x c2 hypernetwork weights -> 1 x M x 4h x 4w mask logits."""
@@ -125,21 +123,12 @@ class FactoredDecoderGraph(nn.Module):
         x = act2(x.reshape(16 * height * width, c2) + up2.bias)
         return (hyper @ x.T).reshape(1, hyper.shape[0], 4 * height, 4 * width)
 
-    def forward(
-        self,
-        image_embeddings: torch.Tensor,
-        point_coords: torch.Tensor,
-        point_labels: torch.Tensor,
-        mask_input: torch.Tensor,
-        has_mask_input: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode(self, image_embeddings: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         decoder = self.mask_decoder
         transformer = decoder.transformer
-        sparse = self.prompt_encoder.embed_labelled_points(point_coords, point_labels)[0]
-        dense = self.prompt_encoder.blend_mask_prompt(mask_input, has_mask_input)
         channels = image_embeddings.shape[1]
         keys = (image_embeddings + dense).reshape(channels, -1).T  # N x C, channels-last from here on
-        token_pe = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight, sparse], 0)  # T x C
+        token_pe = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight, sparse[0]], 0)  # T x C
         queries = token_pe
         for layer in transformer.layers:
             if layer.skip_first_layer_pe:

@@ -23,7 +23,6 @@ from torch import nn
 from sammed_edge.runtime import contract as io_contract
 from sammed_edge.runtime import processing
 
-from .factored_decoder import FactoredDecoderGraph
 from .models.sam import SamModel
 
 log = logging.getLogger(__name__)
@@ -71,6 +70,10 @@ class DecoderGraph(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         sparse = self.prompt_encoder.embed_labelled_points(point_coords, point_labels)
         dense = self.prompt_encoder.blend_mask_prompt(mask_input, has_mask_input)
+        return self.decode(image_embeddings, sparse, dense)
+
+    def decode(self, image_embeddings: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """1 x C x h x w embedding, 1 x N x C prompt tokens, 1 x C x h x w dense prompt -> (iou 1 x M, masks 1 x M x 4h x 4w)."""
         masks, iou = self.mask_decoder.predict_masks(image_embeddings, self.dense_pe, sparse, dense)
         return iou, masks
 
@@ -147,6 +150,8 @@ def export_encoder(model: SamModel, path: str | Path, exporter: str = "torchscri
 
 def decoder_module(model: SamModel, form: str = DEFAULT_DECODER_FORM) -> nn.Module:
     """The export wrapper of the prompt decoder in `form` (one of DECODER_FORMS); both compute the same outputs."""
+    from .factored_decoder import FactoredDecoderGraph  # it subclasses DecoderGraph
+
     forms = {"factored": FactoredDecoderGraph, "sam": DecoderGraph}
     if form not in forms:
         raise ValueError(f"unknown decoder form {form!r}; choose from {DECODER_FORMS}")
