@@ -288,7 +288,9 @@ def _convert(target: Target, graph: str, fp32_onnx: Path, out_dir: Path, calib: 
         if needs_calibration:
             entry["quantization"] = quantize.quantize_openvino(fp32_onnx, path, tensors)
         else:
-            entry["conversion"] = quantize.convert_openvino(fp32_onnx, path)
+            # graphs computed in bf16 / fp16 keep their weights in fp16: exact enough for that compute, half the memory
+            weights = "fp16" if plan.precision in ("bf16", "fp16") else "fp32"
+            entry["conversion"] = quantize.convert_openvino(fp32_onnx, path, weights=weights)
         entry.update(file=path.name, weights_file=path.with_suffix(".bin").name, format="openvino-ir")
     elif target.artifact == "tensorrt":
         from . import trt_build

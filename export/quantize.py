@@ -127,10 +127,16 @@ def quantize_openvino(fp32: str | Path, out_xml: str | Path, tensors: Sequence[n
             "fake_quantize_nodes": counts.get("FakeQuantize", 0)}
 
 
-def convert_openvino(onnx_path: str | Path, out_xml: str | Path) -> dict[str, Any]:
-    """ONNX -> OpenVINO IR at full precision (weights stay fp32)."""
+def convert_openvino(onnx_path: str | Path, out_xml: str | Path, weights: str = "fp32") -> dict[str, Any]:
+    """ONNX -> OpenVINO IR with its weights stored in `weights` precision ("fp32" or "fp16").
+
+    fp16 storage is for graphs that run in bf16 or fp16: half the file, and half the weight pages a process maps
+    (OpenVINO converts them to its compute precision on load).
+    """
     import openvino as ov
 
+    if weights not in ("fp32", "fp16"):
+        raise ValueError(f"weights must be 'fp32' or 'fp16', not {weights!r}")
     model = ov.convert_model(str(onnx_path))
-    ov.save_model(model, str(out_xml), compress_to_fp16=False)
-    return {"tool": f"openvino {ov.get_version()}", "weights": "fp32"}
+    ov.save_model(model, str(out_xml), compress_to_fp16=weights == "fp16")
+    return {"tool": f"openvino {ov.get_version()}", "weights": weights}

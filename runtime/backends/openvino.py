@@ -30,6 +30,9 @@ class OpenVinoBackend:
         cache_dir: folder for OpenVINO's compiled-model cache (faster second start).
         check_feeds: validate feeds against the contract before running.
         perf_count: collect OpenVINO's per-layer timings (`layer_profile`; a small cost on every run).
+        mmap: map the weights file instead of reading it (OpenVINO's default). Off by default here: the compiled
+            model keeps its own copy of the weights, and the mapped file pages then stayed resident beside it
+            (a few MiB more peak memory per bundle, docs/benchmarks.md).
 
     Each thread gets its own infer request, so `run` may be called concurrently.
     """
@@ -48,6 +51,7 @@ class OpenVinoBackend:
         cache_dir: str | Path | None = None,
         check_feeds: bool = True,
         perf_count: bool = False,
+        mmap: bool = False,
     ) -> None:
         try:
             import openvino as ov
@@ -58,6 +62,7 @@ class OpenVinoBackend:
         if inference_precision not in _PRECISIONS:
             raise BackendError(f"inference_precision must be one of {sorted(_PRECISIONS)}")
         core = ov.Core()
+        core.set_property({"ENABLE_MMAP": bool(mmap)})
         if device.split(":")[0] not in ("AUTO", "HETERO", "MULTI") and device not in core.available_devices:
             raise BackendError(f"OpenVINO device {device!r} is not available (has {core.available_devices})")
         has_bf16 = device != "CPU" or "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
@@ -87,7 +92,8 @@ class OpenVinoBackend:
             raise BackendError(f"{path} has inputs {names}, the contract says {contract.input_names}")
         self._local = threading.local()
         self._options = {"threads": threads, "device": device, "hint": hint, "streams": config.get("NUM_STREAMS"),
-                         "inference_precision": inference_precision, "cache_dir": str(cache_dir) if cache_dir else None}
+                         "inference_precision": inference_precision, "cache_dir": str(cache_dir) if cache_dir else None,
+                         "mmap": bool(mmap)}
         self._version = ov.get_version()
 
     def _request(self):

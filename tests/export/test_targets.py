@@ -85,6 +85,13 @@ def test_openvino_fp32_matches_torch(tiny_model, tmp_path):
     reference.set_image(image)
     ours = runtime.predict(point_coords=[[40, 30]], point_labels=[1])[2]
     np.testing.assert_allclose(ours, reference.predict(point_coords=[[40, 30]], point_labels=[1])[2], atol=1e-4, rtol=1e-4)
+    assert manifest["graphs"]["decoder"]["conversion"]["weights"] == "fp32"
+    # weights read into memory (the default) or mapped from the file: the same results
+    assert runtime.decoder.describe()["mmap"] is False
+    mapped = Predictor.from_bundle(result.path, mmap=True)
+    assert mapped.decoder.describe()["mmap"] is True
+    mapped.set_image(image)
+    np.testing.assert_array_equal(mapped.predict(point_coords=[[40, 30]], point_labels=[1])[2], ours)
     # concurrent calls (one infer request per thread) give the serial results
     prompts = [dict(point_coords=[[10 + i, 20 + i]], point_labels=[1]) for i in range(30)]
     serial = [runtime.predict(**p)[2] for p in prompts]
@@ -109,6 +116,13 @@ def test_openvino_int8(tiny_model, tmp_path):
     result = build(tiny_model, "ov-int8", tmp_path, box_budget=5.0, point_budget=5.0)
     entry = result.manifest["graphs"]["encoder"]
     assert entry["quantization"]["fake_quantize_nodes"] > 0
+    # the decoder runs in bf16 where the CPU can, so its IR stores fp16 weights
+    decoder = result.manifest["graphs"]["decoder"]
+    assert decoder["conversion"]["weights"] == "fp16"
+    import openvino as ov
+
+    constants = [op for op in ov.Core().read_model(str(result.path / decoder["file"])).get_ops() if op.get_type_name() == "Constant"]
+    assert any(op.get_element_type() == ov.Type.f16 for op in constants)
     assert result.manifest["verification"]["gate"]["holdout_masks"] > 0
 
 
