@@ -86,6 +86,23 @@ def test_cache_avoids_reencoding(tiny_bundle):
     assert len(calls) == 4
 
 
+@pytest.mark.parametrize("trim_heap", [True, False])
+def test_heap_is_trimmed_after_each_encode_only_spy(tiny_bundle, monkeypatch, trim_heap):
+    # a spy on the trim call (the trim itself is tested in test_heap.py): once per real encode, never on a cache hit
+    import sammed_edge.runtime.predictor as predictor_module
+
+    trims = []
+    monkeypatch.setattr(predictor_module, "release_free_heap", lambda: trims.append(1) or True)
+    predictor = Predictor.from_bundle(tiny_bundle, trim_heap=trim_heap)
+    rng = np.random.default_rng(1)
+    first, second = (rng.integers(0, 256, (60, 80, 3), dtype=np.uint8) for _ in range(2))
+    predictor.set_image(first)
+    predictor.set_image(first.copy())
+    predictor.set_image(second)
+    assert predictor.cache_misses == 2 and predictor.cache_hits == 1
+    assert len(trims) == (2 if trim_heap else 0)
+
+
 def test_concurrent_predict_matches_serial(predictor):
     """8 threads x 200 predict calls on one Predictor give the serial results."""
     image = np.random.default_rng(1).integers(0, 256, (96, 128, 3), dtype=np.uint8)
