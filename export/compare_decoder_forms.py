@@ -43,15 +43,13 @@ BACKENDS = {"onnxruntime fp32": ("onnxruntime", {}), "openvino fp32": ("openvino
 
 def available_backends() -> list[str]:
     """The BACKENDS rows this machine can run (OpenVINO installed; bf16 only where the CPU computes in it)."""
-    names = ["onnxruntime fp32"]
-    try:
-        import openvino as ov
-    except ImportError:
-        return names
-    names.append("openvino fp32")
-    if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
-        names.append("openvino bf16")
-    return names
+    import importlib.util
+
+    from sammed_edge.runtime.backends.openvino import cpu_has_bf16
+
+    if importlib.util.find_spec("openvino") is None:
+        return ["onnxruntime fp32"]
+    return ["onnxruntime fp32", "openvino fp32"] + (["openvino bf16"] if cpu_has_bf16() else [])
 
 
 def click_feeds(model: Any, clicks: int, seed: int = 0) -> dict[str, np.ndarray]:

@@ -1,9 +1,9 @@
 """Hand freed heap memory back to the operating system (glibc's `malloc_trim`).
 
-An encode frees tens of MB of temporaries on the backend's worker threads. glibc keeps such memory in per-thread
-arenas, so a process's resident size creeps up by what the next encode happens to miss. Trimming after each
-encode keeps it at what is really in use (measured on an OpenVINO int8 bundle: 11 MiB lower peak over a
-session of five images, docs/benchmarks.md). Elsewhere (macOS, Windows, musl) this is a no-op.
+An encode frees temporaries on the backend's worker threads, and glibc keeps such memory in per-thread arenas,
+so a process's resident size creeps up by what the next encode happens to miss. Trimming after each
+encode keeps it at what is really in use (measured on an OpenVINO int8 bundle: about 10 MiB lower peak over
+a session of five images, docs/benchmarks.md#memory). Elsewhere (macOS, Windows, musl) this is a no-op.
 """
 
 from __future__ import annotations

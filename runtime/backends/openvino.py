@@ -15,6 +15,13 @@ _HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
 _PRECISIONS = {"fp32": "f32", "f32": "f32", "bf16": "bf16", "fp16": "f16", "f16": "f16", "bf16-or-fp32": None}
 
 
+def cpu_has_bf16(core: Any = None) -> bool:
+    """Whether OpenVINO's CPU plugin computes in bf16 on this machine (AVX512-BF16 or AMX)."""
+    import openvino as ov
+
+    return "BF16" in (core or ov.Core()).get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
 class OpenVinoBackend:
     """One compiled OpenVINO model for one graph.
 
@@ -65,7 +72,7 @@ class OpenVinoBackend:
         core.set_property({"ENABLE_MMAP": bool(mmap)})
         if device.split(":")[0] not in ("AUTO", "HETERO", "MULTI") and device not in core.available_devices:
             raise BackendError(f"OpenVINO device {device!r} is not available (has {core.available_devices})")
-        has_bf16 = device != "CPU" or "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        has_bf16 = device != "CPU" or cpu_has_bf16(core)
         if inference_precision == "bf16-or-fp32":
             inference_precision = "bf16" if has_bf16 else "fp32"
         if inference_precision == "bf16" and not has_bf16:
