@@ -72,8 +72,12 @@ def _run(encoder: nn.Module, decoder: nn.Module, tensor: torch.Tensor, boxes: li
     return embedding.float().cpu().numpy(), logits
 
 
-def measure(model_name: str, images: int, dtype: torch.dtype, device: str) -> dict[str, Any]:
-    items = read_dataset(default_data_root())
+def measure(model_name: str, images: int, dtype: torch.dtype, device: str, root: str | None = None) -> dict[str, Any]:
+    """The risk measure on `images` images spread over the dataset at `root` (default: the development set)."""
+    root = root if root is not None else default_data_root()
+    if root is None:
+        raise FileNotFoundError("no dataset: set SAMMED_DATA or pass its folder")
+    items = read_dataset(root)
     by_image: dict[str, list] = {}
     for item in items:
         by_image.setdefault(str(item.image), []).append(item)
