@@ -169,13 +169,20 @@ def _step(name: str, seconds: dict[str, float]) -> Callable[[], None]:
     return done
 
 
+def check_options(backend: str) -> dict[str, Any]:
+    """Backend options for the build's own checks: onnxruntime graphs are checked on the CPU provider, so that a
+    build verifies and gates its graphs the same way on a machine with or without a GPU."""
+    return {"device": "cpu"} if backend == "onnxruntime" else {}
+
+
 def check_predictor(model: SamModel, bundle_dir: Path, images: Sequence[np.ndarray]) -> dict[str, Any]:
     """End-to-end check: the runtime Predictor on the bundle vs TorchPredictor, box and click prompts.
 
     Raises:
         graphs.VerificationError: masks disagree on more than 0.1 % of pixels for any prompt.
     """
-    runtime = Predictor.from_bundle(bundle_dir, cache_size=0)
+    backend = bundle_schema.load_bundle(bundle_dir, verify_hashes=False).backend
+    runtime = Predictor.from_bundle(bundle_dir, cache_size=0, **check_options(backend))
     reference = TorchPredictor(model)
     worst = 1.0
     for image in images:
@@ -413,7 +420,8 @@ def build_bundle(
         done = _step(f"verify {target.name} artifacts through {target.backend}", seconds)
         for name, verify in (("encoder", graphs.verify_encoder), ("decoder", graphs.verify_decoder)):
             entry = entries[name]
-            backend = load_backend(target.backend, bundle_dir / entry["file"], contracts[name], **entry["runtime_options"])
+            backend = load_backend(target.backend, bundle_dir / entry["file"], contracts[name],
+                                   **{**entry["runtime_options"], **check_options(target.backend)})
             exact = entry["precision"] == "fp32"
             verification[name] = verify(model, backend, images, options.tolerance[name] if exact else None)
             verification[name]["judged_by"] = "fp32 tolerance" if exact else "accuracy gate"
@@ -444,7 +452,8 @@ def build_bundle(
                 raise ValueError("reduced-precision targets need calibration data for the accuracy gate")
             _fp32_manifest(model, fp32_dir)
             verification["gate"] = accuracy_gate(
-                Predictor.from_bundle(fp32_dir, cache_size=0), Predictor.from_bundle(bundle_dir, cache_size=0),
+                Predictor.from_bundle(fp32_dir, cache_size=0, **check_options("onnxruntime")),
+                Predictor.from_bundle(bundle_dir, cache_size=0, **check_options(target.backend)),
                 calibration.holdout, calibration.holdout_images, options.box_budget, options.point_budget, enforce=options.gate,
             )
         else:

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from sammed_edge.runtime import Predictor, bench, processing
+from sammed_edge.runtime.backends.onnxruntime import execution_providers
 from sammed_edge.runtime.contract import ENCODER_INPUT
 from sammed_edge.runtime.evaluate import evaluate
 from sammed_edge.runtime.io import default_data_root, read_dataset
@@ -110,7 +111,8 @@ def _embedding_error(ours: np.ndarray, ref: np.ndarray) -> float:
 
 
 def onnxruntime_part(bundle: Path, items: list, device: str, runs: int) -> dict[str, Any]:
-    """The bundle on the CUDA provider (or, with device "cpu", the CPU provider standing in) against the CPU provider."""
+    """The bundle on the CUDA provider, in fp32 and with TF32, against the CPU provider (with device "cpu", the
+    CPU provider stands in for the GPU and there is no TF32 run)."""
     import onnxruntime as ort
 
     result: dict[str, Any] = {"bundle": str(bundle)}
@@ -119,8 +121,11 @@ def onnxruntime_part(bundle: Path, items: list, device: str, runs: int) -> dict[
             ort.preload_dlls()
         except Exception as exc:  # noqa: BLE001 - a session that still finds the libraries is all that matters
             result["preload_dlls"] = f"{type(exc).__name__}: {exc}"
-    gpu = Predictor.from_bundle(bundle, backend="onnxruntime", device=device)
-    cpu = Predictor.from_bundle(bundle, backend="onnxruntime", device="cpu")
+    runs_on = {"gpu": Predictor.from_bundle(bundle, backend="onnxruntime", device=device)}
+    if device == "cuda":
+        runs_on["gpu_tf32"] = Predictor.from_bundle(bundle, backend="onnxruntime", device="cuda", tf32=True)
+    runs_on["cpu"] = Predictor.from_bundle(bundle, backend="onnxruntime", device="cpu")
+    gpu = runs_on["gpu"]
     providers = gpu.encoder.describe()["providers"]
     if device == "cuda" and providers[0] != "CUDAExecutionProvider":
         raise RuntimeError(f"the CUDA provider was not used: {providers}")
@@ -128,29 +133,25 @@ def onnxruntime_part(bundle: Path, items: list, device: str, runs: int) -> dict[
 
     image = bench.bench_image()
     tensor, _ = processing.preprocess_image(image, gpu.policy)
-    ref = cpu._encode(tensor)
-    result["embedding_rel_error"] = _embedding_error(gpu._encode(tensor), ref)
-    session_providers: list[Any] = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
-    if device == "cuda":
-        strict = [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]
-        session = ort.InferenceSession(str(gpu.bundle.path("encoder")), providers=strict)
-        result["embedding_rel_error_no_tf32"] = _embedding_error(session.run(None, {ENCODER_INPUT: tensor})[0], ref)
+    ref = runs_on["cpu"]._encode(tensor)
+    result["embedding_rel_error"] = {name: _embedding_error(p._encode(tensor), ref) for name, p in runs_on.items() if name != "cpu"}
     gpu.set_image(image)
     embedding, geometry = gpu._current()
     height, width = image.shape[:2]
     box = np.array([0.2 * width, 0.2 * height, 0.8 * width, 0.8 * height])
     prompts = processing.check_prompts(geometry, gpu.policy, box=box)
     decoder_feeds = {**processing.decoder_inputs(prompts, geometry, gpu.policy), "image_embeddings": embedding}
+    session_providers = execution_providers(device, ort.get_available_providers())  # as the fp32 sessions have them
     result["placement"] = {"encoder": _node_placement(gpu.bundle.path("encoder"), {ENCODER_INPUT: tensor}, session_providers),
                            "decoder": _node_placement(gpu.bundle.path("decoder"), decoder_feeds, session_providers)}
 
     started = time.perf_counter()
-    gpu_dice = _summary(evaluate(gpu, items, modes=DICE_MODES, progress=False, label="onnxruntime gpu"))
-    cpu_dice = _summary(evaluate(cpu, items, modes=DICE_MODES, progress=False, label="onnxruntime cpu"))
-    result["dice"] = {"gpu": _strip(gpu_dice), "cpu": _strip(cpu_dice), "gpu_vs_cpu": _dice_delta(gpu_dice, cpu_dice),
-                      "masks": len(gpu_dice["box_values"]), "seconds": round(time.perf_counter() - started, 1)}
+    dice = {name: _summary(evaluate(p, items, modes=DICE_MODES, progress=False, label=f"onnxruntime {name}")) for name, p in runs_on.items()}
+    result["dice"] = {**{name: _strip(d) for name, d in dice.items()},
+                      **{f"{name}_vs_cpu": _dice_delta(d, dice["cpu"]) for name, d in dice.items() if name != "cpu"},
+                      "masks": len(dice["gpu"]["box_values"]), "seconds": round(time.perf_counter() - started, 1)}
     result["timing_ms"] = {}
-    for name, predictor in (("gpu", gpu), ("cpu", cpu)):
+    for name, predictor in runs_on.items():
         times = bench.measure_predictor(predictor, runs=runs)
         result["timing_ms"][name] = {k: v["median_ms"] for k, v in times.items()}
     return result
@@ -244,21 +245,22 @@ def markdown(report: dict[str, Any]) -> str:
              f"{report['images']} dev-set images.", ""]
     ort_part = report.get("onnxruntime")
     if ort_part and "error" not in ort_part:
-        t = ort_part["timing_ms"]
-        d = ort_part["dice"]
+        t, d, err = ort_part["timing_ms"], ort_part["dice"], ort_part["embedding_rel_error"]
+        columns = [c for c in ("gpu", "gpu_tf32", "cpu") if c in t]
+        titles = {"gpu": "CUDA provider (fp32)", "gpu_tf32": "CUDA provider, TF32", "cpu": "CPU provider (same machine)"}
         lines += ["**onnxruntime** (`" + Path(ort_part["bundle"]).name + "`, providers " + ", ".join(ort_part["providers"]) + "):", "",
-                  "| | CUDA provider | CPU provider (same machine) |", "|---|---:|---:|",
-                  f"| encoder (median ms) | {t['gpu']['encoder']:.2f} | {t['cpu']['encoder']:.2f} |",
-                  f"| click, decoder + post-processing (median ms) | {t['gpu']['click']:.2f} | {t['cpu']['click']:.2f} |",
-                  f"| new image + click (median ms) | {t['gpu']['end_to_end']:.2f} | {t['cpu']['end_to_end']:.2f} |",
-                  f"| box Dice | {d['gpu']['box']:.2f} | {d['cpu']['box']:.2f} |",
-                  f"| Dice after 5 clicks | {d['gpu']['clicks']:.2f} | {d['cpu']['clicks']:.2f} |", "",
-                  f"Embedding error of the CUDA provider against the CPU provider (max abs / max): "
-                  f"{ort_part['embedding_rel_error']:.2e} with onnxruntime's defaults (TF32 on), "
-                  f"{ort_part.get('embedding_rel_error_no_tf32', float('nan')):.2e} with TF32 off. Largest per-mask Dice "
-                  f"change: box {d['gpu_vs_cpu']['box_worst_mask_delta']:.2f}, 5 clicks {d['gpu_vs_cpu']['clicks_worst_mask_delta']:.2f} "
-                  f"points. Kernels run per provider in one profiled run: encoder {_placement(ort_part['placement']['encoder'])}, "
-                  f"decoder {_placement(ort_part['placement']['decoder'])}.", ""]
+                  "| | " + " | ".join(titles[c] for c in columns) + " |", "|---|" + "---:|" * len(columns)]
+        for label, key, fmt in (("encoder (median ms)", "encoder", "{:.2f}"), ("click, decoder + post-processing (median ms)", "click", "{:.2f}"),
+                                ("new image + click (median ms)", "end_to_end", "{:.2f}")):
+            lines.append(f"| {label} | " + " | ".join(fmt.format(t[c][key]) for c in columns) + " |")
+        for label, key in (("box Dice", "box"), ("Dice after 5 clicks", "clicks")):
+            lines.append(f"| {label} | " + " | ".join(f"{d[c][key]:.2f}" for c in columns) + " |")
+        lines.append("| embedding error vs CPU (max abs / max) | " + " | ".join(f"{err[c]:.1e}" if c in err else "-" for c in columns) + " |")
+        lines.append("| worst per-mask Dice change vs CPU (box / 5 clicks) | " + " | ".join(
+            f"{d[c + '_vs_cpu']['box_worst_mask_delta']:.2f} / {d[c + '_vs_cpu']['clicks_worst_mask_delta']:.2f}" if c != "cpu" else "-"
+            for c in columns) + " |")
+        lines += ["", f"Kernels run per provider in one profiled run of the fp32 session: encoder "
+                  f"{_placement(ort_part['placement']['encoder'])}, decoder {_placement(ort_part['placement']['decoder'])}.", ""]
     elif ort_part:
         lines += [f"**onnxruntime**: failed: `{ort_part['error']}`", ""]
     auto = report.get("autocast")

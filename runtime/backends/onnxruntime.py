@@ -13,6 +13,21 @@ from .base import BackendError
 _OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
 
 
+def execution_providers(device: str, available: list[str], tf32: bool = False) -> list[Any]:
+    """onnxruntime's provider list for `device` ("cpu", "cuda" or "auto"), given the providers this onnxruntime has.
+
+    Raises:
+        BackendError: "cuda" without the CUDA provider, or an unknown device.
+    """
+    if device not in ("cpu", "cuda", "auto"):
+        raise BackendError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'auto'")
+    if device == "cuda" and "CUDAExecutionProvider" not in available:
+        raise BackendError(f"device='cuda' but this onnxruntime has no CUDA provider (has {available}); install onnxruntime-gpu")
+    if device != "cpu" and "CUDAExecutionProvider" in available:
+        return [("CUDAExecutionProvider", {"use_tf32": "1" if tf32 else "0"}), "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
 class OnnxRuntimeBackend:
     """One onnxruntime session for one graph.
 
@@ -21,6 +36,9 @@ class OnnxRuntimeBackend:
         contract: the graph's I/O contract (feeds are checked against it).
         threads: intra-op threads (default: onnxruntime's choice, one per physical core).
         device: "cpu", "cuda" or "auto" (CUDA when the CUDA execution provider is available).
+        tf32: let the CUDA provider compute fp32 matrix products and convolutions in TF32 (onnxruntime's own default).
+            Off here, so that an fp32 graph computes in fp32 on a GPU as on the CPU; TF32 changes an embedding by
+            about 3e-3 of its range (docs/gpu.md).
         memory_arena: keep onnxruntime's CPU memory arena (faster repeated runs, higher peak memory).
         memory_pattern: pre-plan buffers for fixed shapes.
         arena_shrinkage: give the arena's unused memory back after every run (lower peak memory across runs of a
@@ -37,6 +55,7 @@ class OnnxRuntimeBackend:
         contract: GraphContract,
         threads: int | None = None,
         device: str = "auto",
+        tf32: bool = False,
         memory_arena: bool = True,
         memory_pattern: bool = True,
         arena_shrinkage: bool = False,
@@ -57,15 +76,7 @@ class OnnxRuntimeBackend:
         options.enable_mem_pattern = memory_pattern
         options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT_LEVELS[optimization])
         options.log_severity_level = 3
-        available = ort.get_available_providers()
-        if device == "cuda" and "CUDAExecutionProvider" not in available:
-            raise BackendError(f"device='cuda' but this onnxruntime has no CUDA provider (has {available}); install onnxruntime-gpu")
-        if device in ("cuda", "auto") and "CUDAExecutionProvider" in available:
-            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-        elif device in ("cpu", "auto"):
-            providers = ["CPUExecutionProvider"]
-        else:
-            raise BackendError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'auto'")
+        providers = execution_providers(device, ort.get_available_providers(), tf32)
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
@@ -78,7 +89,7 @@ class OnnxRuntimeBackend:
         names = [i.name for i in self.session.get_inputs()]
         if sorted(names) != sorted(contract.input_names):
             raise BackendError(f"{path} has inputs {names}, the contract says {contract.input_names}")
-        self._options = {"threads": threads, "device": device, "memory_arena": memory_arena,
+        self._options = {"threads": threads, "device": device, "tf32": tf32, "memory_arena": memory_arena,
                          "memory_pattern": memory_pattern, "arena_shrinkage": arena_shrinkage, "optimization": optimization}
         self._version = ort.__version__
 

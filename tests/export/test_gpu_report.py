@@ -67,8 +67,9 @@ def test_cpu_dry_run_measures_both_parts(tmp_path, phantom_dataset, tiny_checkpo
     assert ort["providers"] == ["CPUExecutionProvider"]
     assert set(ort["placement"]["encoder"]) == {"CPUExecutionProvider"} and ort["placement"]["decoder"]["CPUExecutionProvider"] > 0
     # the CPU stands in for the GPU: the same provider gives the same numbers
-    assert ort["embedding_rel_error"] == 0.0
+    assert ort["embedding_rel_error"] == {"gpu": 0.0}
     assert ort["dice"]["gpu"] == ort["dice"]["cpu"] and ort["dice"]["masks"] == 2
+    assert ort["dice"]["gpu_vs_cpu"]["box_worst_mask_delta"] == 0.0 and "gpu_tf32" not in ort["timing_ms"]
     assert ort["timing_ms"]["gpu"]["click"] > 0 and ort["timing_ms"]["cpu"]["encoder"] > 0
 
     text = docs.read_text()
@@ -100,6 +101,7 @@ def test_recorded_report_splits_merges_and_renders(tmp_path):
     text = (tmp_path / "out" / "gpu-report.md").read_text()
     timing = recorded["onnxruntime"]["timing_ms"]["gpu"]
     assert recorded["environment"]["gpu"] in text and f"| encoder (median ms) | {timing['encoder']:.2f} |" in text
+    assert "CUDA provider, TF32" in text
 
     with pytest.raises(ValueError, match="two reports"):
         gpu_report.merge([recorded, ort_only])
@@ -118,5 +120,6 @@ def test_cuda_provider_runs_the_bundle(tmp_path, phantom_dataset, tiny_checkpoin
     assert code == 0, report
     assert report["onnxruntime"]["providers"][0] == "CUDAExecutionProvider"
     assert report["onnxruntime"]["placement"]["encoder"].get("CUDAExecutionProvider", 0) > 0
-    assert report["onnxruntime"]["embedding_rel_error_no_tf32"] < 1e-4
+    # fp32 by default on the GPU; TF32 only when asked for
+    assert report["onnxruntime"]["embedding_rel_error"]["gpu"] < 1e-4 < report["onnxruntime"]["embedding_rel_error"]["gpu_tf32"]
     assert set(report["autocast"]["dice"]) == {"float32", "float16", "bfloat16"}

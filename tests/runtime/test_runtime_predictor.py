@@ -180,3 +180,24 @@ def test_fuzzed_images_are_accepted_or_refused(predictor, shape, dtype):
     assert dtype == np.uint8 and len(shape) in (2, 3) and min(shape[:2]) > 0
     masks, _, _ = predictor.predict(box=[0, 0, shape[1], shape[0]])
     assert masks.shape[1:] == tuple(shape[:2])
+
+
+def test_onnxruntime_provider_choice():
+    from sammed_edge.runtime.backends import BackendError
+    from sammed_edge.runtime.backends.onnxruntime import execution_providers
+
+    cpu_only, with_cuda = ["CPUExecutionProvider"], ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert execution_providers("auto", cpu_only) == execution_providers("cpu", with_cuda) == ["CPUExecutionProvider"]
+    # fp32 graphs compute in fp32 on the GPU unless TF32 is asked for
+    assert execution_providers("auto", with_cuda) == [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]
+    assert execution_providers("cuda", with_cuda, tf32=True)[0] == ("CUDAExecutionProvider", {"use_tf32": "1"})
+    with pytest.raises(BackendError, match="no CUDA provider"):
+        execution_providers("cuda", cpu_only)
+    with pytest.raises(BackendError, match="unknown device"):
+        execution_providers("gpu", with_cuda)
+
+
+def test_cpu_session_records_its_options(tiny_bundle):
+    predictor = Predictor.from_bundle(tiny_bundle, device="cpu", tf32=True)
+    described = predictor.encoder.describe()
+    assert described["providers"] == ["CPUExecutionProvider"] and described["device"] == "cpu" and described["tf32"] is True
