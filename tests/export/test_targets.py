@@ -46,6 +46,37 @@ def test_target_table():
     assert name in TARGETS and reason
 
 
+@pytest.mark.parametrize("gpu, tensorrt, ort_cuda, expected", [
+    ("NVIDIA H200", True, True, "trt-fp16"),
+    ("NVIDIA H200", False, True, "onnx-fp32"),
+    ("NVIDIA H200", False, False, "ov-int8"),
+    (None, False, True, "ov-int8"),
+])
+def test_auto_ranking_on_simulated_machines(monkeypatch, gpu, tensorrt, ort_cuda, expected):
+    # the GPU, TensorRT and onnxruntime-gpu are simulated (none is on this machine); OpenVINO is what is installed
+    if not HAS_OPENVINO and expected == "ov-int8":
+        pytest.skip("OpenVINO and NNCF are not installed")
+    from sammed_edge.export import targets
+
+    real_has = targets._has
+    monkeypatch.setattr(targets, "nvidia_gpu", lambda: gpu)
+    monkeypatch.setattr(targets, "_has", lambda module: tensorrt if module == "tensorrt" else real_has(module))
+    monkeypatch.setattr(targets, "onnxruntime_has_cuda", lambda: ort_cuda)
+    monkeypatch.setattr(targets.platform, "machine", lambda: "x86_64")
+    name, reason = targets.choose_target()
+    assert name == expected
+    if gpu and expected != "trt-fp16":
+        assert gpu in reason
+
+
+def test_onnxruntime_cuda_check_matches_the_installed_build():
+    import onnxruntime
+
+    from sammed_edge.export.targets import onnxruntime_has_cuda
+
+    assert onnxruntime_has_cuda() == ("CUDAExecutionProvider" in onnxruntime.get_available_providers())
+
+
 def test_onnx_int8_is_gated_and_runs_int8_kernels(tiny_model, tmp_path):
     # a random tiny model quantizes less gracefully than real weights: a wide budget keeps this a test of the plumbing
     result = build(tiny_model, "onnx-int8", tmp_path, box_budget=5.0, point_budget=5.0)
