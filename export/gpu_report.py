@@ -5,8 +5,8 @@
 Parts (each recorded on its own; one that fails is recorded with its error and the others still run):
     onnxruntime: the bundle's encoder and decoder on the CUDA execution provider against the CPU provider on the
         same machine: where the nodes ran (onnxruntime's profile), the embedding's error, box and 5-click Dice on
-        the dataset, and the runtime benchmark's medians (`runtime.bench.measure_predictor`). onnxruntime's CUDA
-        provider computes fp32 products in TF32 by default; the embedding error is also given with TF32 off.
+        the dataset, and the runtime benchmark's medians (`runtime.bench.measure_predictor`). The CUDA provider
+        runs twice: in fp32 (the backend's default) and with TF32 (`tf32=True`, onnxruntime's own default).
     autocast: the PyTorch model on the GPU in strict fp32 (TF32 off) against `torch.autocast` in fp16 and bf16:
         `precision_risk.measure` (embedding / logits error, flipped mask pixels, with and without the attention
         softmax pinned to fp32), box and 5-click Dice on the dataset, and the encoder's time.
