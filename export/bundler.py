@@ -175,13 +175,12 @@ def check_options(backend: str) -> dict[str, Any]:
     return {"device": "cpu"} if backend == "onnxruntime" else {}
 
 
-def check_predictor(model: SamModel, bundle_dir: Path, images: Sequence[np.ndarray]) -> dict[str, Any]:
+def check_predictor(model: SamModel, bundle_dir: Path, images: Sequence[np.ndarray], backend: str) -> dict[str, Any]:
     """End-to-end check: the runtime Predictor on the bundle vs TorchPredictor, box and click prompts.
 
     Raises:
         graphs.VerificationError: masks disagree on more than 0.1 % of pixels for any prompt.
     """
-    backend = bundle_schema.load_bundle(bundle_dir, verify_hashes=False).backend
     runtime = Predictor.from_bundle(bundle_dir, cache_size=0, **check_options(backend))
     reference = TorchPredictor(model)
     worst = 1.0
@@ -458,7 +457,7 @@ def build_bundle(
             )
         else:
             done = _step("check the bundle through the runtime Predictor", seconds)
-            verification["predictor"] = check_predictor(model, bundle_dir, images[:2])
+            verification["predictor"] = check_predictor(model, bundle_dir, images[:2], target.backend)
         verification["passed"] = bool(verification.get("gate", {}).get("passed", True))
         bundle_schema.write_manifest(bundle_dir, manifest)
         done()

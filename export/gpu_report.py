@@ -68,7 +68,7 @@ def environment(device: str) -> dict[str, Any]:
     return env
 
 
-def _summary(result: dict[str, Any]) -> dict[str, float]:
+def _summary(result: dict[str, Any]) -> dict[str, Any]:
     """Mean Dice x100 per mode, and the per-mask Dice values."""
     out: dict[str, Any] = {}
     for mode in DICE_MODES:
@@ -177,19 +177,13 @@ class _Autocast(TorchPredictor):
 
 
 def _time_encoder(predictor: _Autocast, tensor: np.ndarray, runs: int) -> float:
+    """Median ms of one encode, waiting for the GPU to finish it."""
     def once() -> None:
         predictor._encode(tensor)
         if predictor.device.type == "cuda":
             torch.cuda.synchronize()
 
-    for _ in range(3):
-        once()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        once()
-        times.append((time.perf_counter() - start) * 1e3)
-    return round(float(np.median(times)), 3)
+    return bench.time_calls(once, runs, warmup=3)["median_ms"]
 
 
 def autocast_part(model_name: str, root: Path, device: str, images: int, runs: int) -> dict[str, Any]:

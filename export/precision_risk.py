@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -72,7 +73,7 @@ def _run(encoder: nn.Module, decoder: nn.Module, tensor: torch.Tensor, boxes: li
     return embedding.float().cpu().numpy(), logits
 
 
-def measure(model_name: str, images: int, dtype: torch.dtype, device: str, root: str | None = None) -> dict[str, Any]:
+def measure(model_name: str, images: int, dtype: torch.dtype, device: str, root: str | Path | None = None) -> dict[str, Any]:
     """The risk measure on `images` images spread over the dataset at `root` (default: the development set)."""
     root = root if root is not None else default_data_root()
     if root is None:

@@ -47,7 +47,8 @@ def _stats(times: list[float]) -> dict[str, float]:
     return {"median_ms": round(statistics.median(times), 2), "p90_ms": round(float(np.percentile(times, 90)), 2), "runs": len(times)}
 
 
-def _time(fn: Callable[[], Any], runs: int, warmup: int) -> dict[str, float]:
+def time_calls(fn: Callable[[], Any], runs: int, warmup: int) -> dict[str, float]:
+    """Wall time of `fn()` in ms over `runs` calls after `warmup` untimed ones: median, p90, runs."""
     for _ in range(warmup):
         fn()
     times = []
@@ -81,23 +82,23 @@ def measure_predictor(predictor: Any, runs: int = 20, warmup: int = 3, size: int
         predictor.predict(point_coords=click, point_labels=[1], multimask_output=False)
 
     results = {
-        "encoder": _time(lambda: predictor._encode(tensor), runs, warmup),
-        "set_image": _time(new_image, runs, warmup),
-        "end_to_end": _time(end_to_end, runs, warmup),
+        "encoder": time_calls(lambda: predictor._encode(tensor), runs, warmup),
+        "set_image": time_calls(new_image, runs, warmup),
+        "end_to_end": time_calls(end_to_end, runs, warmup),
     }
     predictor.set_image(image)
-    results["click"] = _time(lambda: predictor.predict(point_coords=click, point_labels=[1], mask_input=previous, multimask_output=False), runs * 3, warmup)
+    results["click"] = time_calls(lambda: predictor.predict(point_coords=click, point_labels=[1], mask_input=previous, multimask_output=False), runs * 3, warmup)
     embedding, geometry = predictor._current()
     prompts = processing.check_prompts(geometry, predictor.policy, click, [1], None, previous)
     inputs = processing.decoder_inputs(prompts, geometry, predictor.policy)
     low, _ = predictor._decode(embedding, inputs, False)
     low = np.asarray(low, dtype=np.float32)
-    results["click_prompts"] = _time(lambda: processing.decoder_inputs(
+    results["click_prompts"] = time_calls(lambda: processing.decoder_inputs(
         processing.check_prompts(geometry, predictor.policy, click, [1], None, previous), geometry, predictor.policy), runs * 3, warmup)
-    results["click_decoder"] = _time(lambda: predictor._decode(embedding, inputs, False), runs * 3, warmup)
-    results["click_post"] = _time(lambda: processing.postprocess_logits(low, geometry, predictor.policy) > predictor.policy.mask_threshold,
+    results["click_decoder"] = time_calls(lambda: predictor._decode(embedding, inputs, False), runs * 3, warmup)
+    results["click_post"] = time_calls(lambda: processing.postprocess_logits(low, geometry, predictor.policy) > predictor.policy.mask_threshold,
                                   runs * 3, warmup)
-    results["click_3"] = _time(lambda: predictor.predict(point_coords=click, point_labels=[1]), runs * 3, warmup)
+    results["click_3"] = time_calls(lambda: predictor.predict(point_coords=click, point_labels=[1]), runs * 3, warmup)
     return results
 
 
