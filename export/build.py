@@ -28,7 +28,7 @@ import torch
 from sammed_edge.export.bundler import TARGETS, BuildOptions, build_bundle
 from sammed_edge.export.calibration import calibration_set
 from sammed_edge.export.gate import GateError
-from sammed_edge.export.graphs import DECODER_FORMS, EXPORTERS, VerificationError
+from sammed_edge.export.graphs import DECODER_FORMS, ENCODER_FORMS, EXPORTERS, VerificationError
 from sammed_edge.export import pipeline
 from sammed_edge.export.models import list_models, load_model
 from sammed_edge.export.models.registry import MODELS
@@ -90,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decoder-form", choices=DECODER_FORMS, default=BuildOptions.decoder_form,
                         help="factored: the decoder's image-sized products reordered (same outputs, fewer FLOPs); "
                              "sam: the model's own forward (docs/exporters.md)")
+    parser.add_argument("--encoder-form", choices=("auto",) + ENCODER_FORMS, default=BuildOptions.encoder_form,
+                        help="auto: the target's measured choice (tokens for ov-int8 where the encoder is TinyViT); "
+                             "model: the model's own forward; tokens: TinyViT's attention stages on B x L x C tokens "
+                             "(docs/exporters.md)")
     parser.add_argument("--verify-images", type=int, default=BuildOptions.verify_images, help="real images used by the checks")
     parser.add_argument("--data", type=Path, help="image folder in SAM-Med2D's layout for the checks")
     parser.add_argument("--calib", type=Path, help="calibration source: a dataset in SAM-Med2D's layout or a folder of images "
@@ -132,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     name = args.checkpoint.stem if args.checkpoint else (args.model or DEFAULT_MODEL)
     checkpoint = args.checkpoint or name
     options = BuildOptions(exporter=args.exporter, opset=args.opset, slim=not args.no_slim, verify_images=args.verify_images,
-                           fuse=not args.no_fuse, gate=not args.no_gate, decoder_form=args.decoder_form)
+                           fuse=not args.no_fuse, gate=not args.no_gate, decoder_form=args.decoder_form,
+                           encoder_form=args.encoder_form)
     stages: list[pipeline.Stage] = []
     if args.finetune_data or args.distill:
         chain = pipeline.ChainOptions(

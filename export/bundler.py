@@ -64,6 +64,8 @@ class Target:
         encoder, decoder: per-graph plans.
         description: one line for --help.
         requires: importable modules the build needs.
+        encoder_form: how the encoder graph is written for this target where the model has that form
+            (`graphs.ENCODER_FORMS`; chosen by measurement, docs/exporters.md).
     """
 
     name: str
@@ -73,6 +75,7 @@ class Target:
     decoder: GraphPlan
     description: str
     requires: tuple[str, ...] = ("onnx", "onnxruntime")
+    encoder_form: str = graphs.DEFAULT_ENCODER_FORM
 
     def plan(self, graph: str) -> GraphPlan:
         return self.encoder if graph == "encoder" else self.decoder
@@ -100,6 +103,8 @@ class Target:
 
 
 FP32 = GraphPlan()
+# The OpenVINO targets write a TinyViT encoder in the token form: 0.79x (int8), 0.82x (bf16) and 0.85x (fp32) the
+# model form's time in one interleaved run (docs/exporters.md#encoder-form).
 # OpenVINO runs the layers NNCF left in float, and the decoder, in bf16 where the CPU can (measured on this
 # AVX512-BF16 CPU: int8 encoder 440 -> 268 ms, decoder 35 -> 21 ms; the accuracy gate judges the result).
 BF16_OR_FP32 = {"inference_precision": "bf16-or-fp32"}
@@ -110,15 +115,15 @@ TARGETS: dict[str, Target] = {
                         "onnxruntime, encoder statically quantized to int8 (u8s8 QDQ), decoder fp32",
                         requires=("onnx", "onnxruntime")),
     "ov-fp32": Target("ov-fp32", "openvino", "openvino", FP32, FP32, "OpenVINO IR, fp32",
-                      requires=("onnx", "onnxruntime", "openvino")),
+                      requires=("onnx", "onnxruntime", "openvino"), encoder_form="tokens"),
     "ov-int8": Target("ov-int8", "openvino", "openvino", GraphPlan("int8", BF16_OR_FP32), GraphPlan("bf16", BF16_OR_FP32),
                       "OpenVINO IR, encoder int8 by NNCF post-training quantization, other layers and the decoder "
                       "in bf16 where the CPU has AVX512-BF16 / AMX (else fp32)",
-                      requires=("onnx", "onnxruntime", "openvino", "nncf")),
+                      requires=("onnx", "onnxruntime", "openvino", "nncf"), encoder_form="tokens"),
     "ov-bf16": Target("ov-bf16", "openvino", "openvino", GraphPlan("bf16", {"inference_precision": "bf16"}),
                       GraphPlan("bf16", {"inference_precision": "bf16"}),
                       "OpenVINO IR run in bf16 (needs AVX512-BF16 / AMX)",
-                      requires=("onnx", "onnxruntime", "openvino")),
+                      requires=("onnx", "onnxruntime", "openvino"), encoder_form="tokens"),
     "trt-fp16": Target("trt-fp16", "tensorrt", "tensorrt", GraphPlan("fp16"), GraphPlan("fp16"),
                        "TensorRT engines (NVIDIA GPU), fp16 with LayerNorm / Softmax pinned to fp32",
                        requires=("onnx", "onnxruntime", "tensorrt", "cuda")),
@@ -144,11 +149,31 @@ class BuildOptions:
     box_budget: float = BOX_BUDGET
     point_budget: float = POINT_BUDGET
     decoder_form: str = graphs.DEFAULT_DECODER_FORM
+    encoder_form: str = "auto"  # "auto": the target's form (Target.encoder_form), else one of graphs.ENCODER_FORMS
 
     def exporter_record(self) -> dict[str, Any]:
         """The export settings as the manifest's provenance records them."""
         return {"kind": self.exporter, "opset": self.opset, "onnxslim": self.slim, "fuse_attention": self.fuse,
-                "decoder_form": self.decoder_form}
+                "decoder_form": self.decoder_form, "encoder_form": self.encoder_form}
+
+
+def encoder_form(model: SamModel, target: Target, options: BuildOptions) -> str:
+    """The form the encoder graph is written in: the requested one, or for "auto" the target's where the model
+    has it (else the model's own forward).
+
+    Raises:
+        ValueError: a form was requested that the model does not have.
+    """
+    from .token_encoder import has_token_form
+
+    if options.encoder_form == "auto":
+        form = target.encoder_form
+        return form if form != "tokens" or has_token_form(model) else graphs.DEFAULT_ENCODER_FORM
+    if options.encoder_form == "tokens" and not has_token_form(model):
+        raise ValueError("--encoder-form tokens needs a TinyViT encoder; this model has none")
+    if options.encoder_form not in graphs.ENCODER_FORMS:
+        raise ValueError(f"unknown encoder form {options.encoder_form!r}; choose from auto, {', '.join(graphs.ENCODER_FORMS)}")
+    return options.encoder_form
 
 
 @dataclass
@@ -383,12 +408,14 @@ def build_bundle(
     bundle_dir.mkdir()
     try:
         exported: dict[str, dict[str, Any]] = {}
-        for name, export in (("encoder", graphs.export_encoder),
+        form = encoder_form(model, target, options)
+        for name, export in (("encoder", functools.partial(graphs.export_encoder, form=form)),
                              ("decoder", functools.partial(graphs.export_decoder, form=options.decoder_form))):
             done = _step(f"export {name}", seconds)
             path = export(model, fp32_dir / f"{name}.onnx", exporter=options.exporter, opset=options.opset)
             exported[name] = {"onnxslim": graphs.slim(path) if options.slim else None}
             done()
+        exported["encoder"]["form"] = form
         exported["decoder"]["form"] = options.decoder_form
         verification: dict[str, Any] = {}
         done = _step(f"verify fp32 ONNX graphs against PyTorch on {len(images)} images", seconds)

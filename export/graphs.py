@@ -33,6 +33,10 @@ DEFAULT_OPSET = 17
 # the model's own forward (the plain export the benchmarks compare against)
 DECODER_FORMS = ("factored", "sam")
 DEFAULT_DECODER_FORM = "factored"
+# how the encoder graph is written: "model" is the model's own forward; "tokens" keeps TinyViT's attention stages
+# as B x L x C tokens with separate q / k / v products (token_encoder.py), laid out for OpenVINO's CPU plugin
+ENCODER_FORMS = ("model", "tokens")
+DEFAULT_ENCODER_FORM = "model"
 
 
 class VerificationError(RuntimeError):
@@ -40,11 +44,18 @@ class VerificationError(RuntimeError):
 
 
 class EncoderGraph(nn.Module):
-    """image (1 x 3 x S x S) -> image_embeddings (1 x C x h x w)."""
+    """image (1 x 3 x S x S) -> image_embeddings (1 x C x h x w), the encoder written in `form` (ENCODER_FORMS)."""
 
-    def __init__(self, model: SamModel) -> None:
+    def __init__(self, model: SamModel, form: str = DEFAULT_ENCODER_FORM) -> None:
         super().__init__()
-        self.image_encoder = model.image_encoder
+        if form not in ENCODER_FORMS:
+            raise ValueError(f"unknown encoder form {form!r}; choose from {ENCODER_FORMS}")
+        if form == "tokens":
+            from .token_encoder import token_encoder
+
+            self.image_encoder = token_encoder(model)
+        else:
+            self.image_encoder = model.image_encoder
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.image_encoder(image)
@@ -143,9 +154,10 @@ def slim(path: Path) -> dict[str, int]:
     return {"nodes_before": before, "nodes_after": len(slimmed.graph.node)}
 
 
-def export_encoder(model: SamModel, path: str | Path, exporter: str = "torchscript", opset: int = DEFAULT_OPSET) -> Path:
-    """Write the image encoder graph (contract: `encoder_contract(model)`)."""
-    return _export(EncoderGraph(model), encoder_contract(model), Path(path), exporter, opset)
+def export_encoder(model: SamModel, path: str | Path, exporter: str = "torchscript", opset: int = DEFAULT_OPSET,
+                   form: str = DEFAULT_ENCODER_FORM) -> Path:
+    """Write the image encoder graph in `form` (contract: `encoder_contract(model)`)."""
+    return _export(EncoderGraph(model, form), encoder_contract(model), Path(path), exporter, opset)
 
 
 def decoder_module(model: SamModel, form: str = DEFAULT_DECODER_FORM) -> nn.Module:

@@ -1,0 +1,163 @@
+"""The token form of the TinyViT encoder computes what the model computes, exports, and removes OpenVINO's
+layout transposes; the build picks it for the OpenVINO targets only where the encoder is TinyViT."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from sammed_edge.export import graphs
+from sammed_edge.export.bundler import TARGETS, BuildOptions, encoder_form
+from sammed_edge.export.models import build_model
+from sammed_edge.export.models.tiny_vit import WindowAttention
+from sammed_edge.export.token_encoder import TokenWindowAttention, has_token_form, token_encoder
+from sammed_edge.runtime.samples import phantom
+
+# windows that pad every grid (32, 16, 16 tokens a side), and windows that cover whole grids (no partition)
+TINY_LITE = dict(embed_dims=[16, 32, 48, 64], depths=[1, 2, 2, 1], num_heads=[2, 2, 3, 4], window_sizes=[7, 5, 6, 4],
+                 mlp_ratio=2.0, mbconv_expand_ratio=2.0, img_size=64, neck_out=32)
+WHOLE_GRID_WINDOWS = [7, 32, 16, 16]
+TINY_STUDENT = dict(img_size=64, embed_dims=[8, 16, 24, 32], depths=[1, 1, 2, 1], num_heads=[1, 2, 2, 4],
+                    window_sizes=[2, 5, 4, 8], neck_out=16)
+needs_openvino = pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="OpenVINO not installed")
+
+
+def _tiny(name: str, **overrides):
+    """A small random model, every parameter perturbed so that zero-initialised tables do not hide wiring mistakes."""
+    generator = torch.Generator().manual_seed(7)
+    model = build_model(name, **overrides)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.1 * torch.randn(param.shape, generator=generator))
+    return model
+
+
+def _images(count: int = 2) -> list[np.ndarray]:
+    return [phantom(90 + 30 * i, seed=i)[0] for i in range(count)]
+
+
+def test_gathered_projections_are_the_rows_of_qkv():
+    attn = WindowAttention(12, 3, 2)
+    with torch.no_grad():
+        attn.qkv.weight.copy_(torch.arange(36.0)[:, None].expand(36, 12))
+        attn.qkv.bias.copy_(torch.arange(36.0))
+    form = TokenWindowAttention(attn)
+    # per head [q | k | v], 4 channels each: head 1's k rows are 16..19
+    assert form.k.bias[4:8].tolist() == [16.0, 17.0, 18.0, 19.0]
+    assert form.q.bias.tolist() == [0, 1, 2, 3, 12, 13, 14, 15, 24, 25, 26, 27]
+    assert form.v.weight[:, 0].tolist() == [8, 9, 10, 11, 20, 21, 22, 23, 32, 33, 34, 35]
+
+
+@pytest.mark.parametrize("overrides", [TINY_LITE, {**TINY_LITE, "window_sizes": WHOLE_GRID_WINDOWS}],
+                         ids=["padded-windows", "whole-grid-windows"])
+def test_same_outputs_tiny_lite_medsam(overrides):
+    model = _tiny("lite_medsam", **overrides)
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = model.image_encoder(x)
+        got = token_encoder(model)(x)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+
+
+def test_same_outputs_student():
+    model = _tiny("student", **TINY_STUDENT)
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want = model.image_encoder(x)
+        got = token_encoder(model)(x)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+
+
+def test_model_is_left_unchanged():
+    model = _tiny("lite_medsam", **TINY_LITE)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    token_encoder(model)
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert any(isinstance(m, WindowAttention) for m in model.image_encoder.modules())
+
+
+def test_exported_token_form_verifies_in_onnxruntime(lite_medsam_model, tmp_path):
+    path = graphs.export_encoder(lite_medsam_model, tmp_path / "encoder.onnx", form="tokens")
+    graphs.slim(path)
+    report = graphs.verify_encoder(lite_medsam_model, path, _images())
+    assert report["images"] == 2, report
+
+
+def test_vit_has_no_token_form(tiny_model, tmp_path):
+    assert not has_token_form(tiny_model)
+    with pytest.raises(ValueError, match="needs a TinyViT encoder"):
+        token_encoder(tiny_model)
+    with pytest.raises(ValueError, match="unknown encoder form 'fast'"):
+        graphs.export_encoder(tiny_model, tmp_path / "x.onnx", form="fast")
+
+
+def test_form_follows_target_and_model(tiny_model):
+    lite = _tiny("lite_medsam", **TINY_LITE)
+    auto = BuildOptions()
+    assert encoder_form(lite, TARGETS["ov-int8"], auto) == "tokens"
+    assert encoder_form(lite, TARGETS["ov-fp32"], auto) == encoder_form(lite, TARGETS["ov-bf16"], auto) == "tokens"
+    assert encoder_form(lite, TARGETS["onnx-fp32"], auto) == encoder_form(lite, TARGETS["onnx-int8"], auto) == "model"
+    assert encoder_form(tiny_model, TARGETS["ov-int8"], auto) == "model"  # a ViT has no token form
+    assert encoder_form(lite, TARGETS["onnx-fp32"], BuildOptions(encoder_form="tokens")) == "tokens"
+    assert encoder_form(lite, TARGETS["ov-int8"], BuildOptions(encoder_form="model")) == "model"
+    with pytest.raises(ValueError, match="needs a TinyViT encoder"):
+        encoder_form(tiny_model, TARGETS["ov-int8"], BuildOptions(encoder_form="tokens"))
+
+
+def _executed(xml, precision: str) -> Counter:
+    import openvino as ov
+
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(str(xml)), "CPU", {"INFERENCE_PRECISION_HINT": precision})
+    return Counter(op.get_rt_info()["layerType"].astype(str) for op in compiled.get_runtime_model().get_ordered_ops())
+
+
+@needs_openvino
+def test_openvino_runs_fewer_transposes(lite_medsam_model, tmp_path):
+    """The point of the form: OpenVINO folds its layout switches into reorders and its head transposes into the
+    attention kernel, so fewer Transpose layers execute (structure, not timing: docs/exporters.md has the times)."""
+    from sammed_edge.export.quantize import convert_openvino
+
+    counts = {}
+    for form in graphs.ENCODER_FORMS:
+        onnx_path = graphs.export_encoder(lite_medsam_model, tmp_path / f"{form}.onnx", form=form)
+        graphs.slim(onnx_path)
+        convert_openvino(onnx_path, tmp_path / f"{form}.xml")
+        counts[form] = _executed(tmp_path / f"{form}.xml", "f32")
+    assert counts["tokens"]["Transpose"] < counts["model"]["Transpose"] / 2, counts
+    assert counts["tokens"]["FullyConnected"] > counts["model"]["FullyConnected"]  # q, k, v as three products
+
+
+@needs_openvino
+def test_ov_int8_build_writes_the_token_form(tmp_path):
+    from sammed_edge.export.bundler import build_bundle
+    from sammed_edge.export.calibration import calibration_set
+    from sammed_edge.runtime.bundle import load_bundle
+
+    model = _tiny("lite_medsam", **TINY_LITE)
+    calib = calibration_set(None, calibration=4, holdout=6)
+    options = BuildOptions(box_budget=100.0, point_budget=100.0)  # a random model: the gate's numbers mean nothing
+    result = build_bundle(model, TARGETS["ov-int8"], tmp_path / "b", _images(), "tiny-lite", None, options, calib)
+    manifest = load_bundle(result.path).manifest
+    assert manifest["graphs"]["encoder"]["form"] == "tokens"
+    assert manifest["provenance"]["exporter"]["encoder_form"] == "auto"
+    assert manifest["verification"]["onnx_fp32"]["encoder"]["images"] == 2
+
+
+@needs_openvino
+def test_compare_tool_reports_both_forms():
+    from sammed_edge.export.compare_encoder_forms import compare, markdown
+
+    rows = compare(_tiny("lite_medsam", **TINY_LITE), rounds=2, threads=1, calib_images=2, targets=("ov-int8", "ov-fp32"))
+    assert [(row["target"], row["form"]) for row in rows] == [(t, f) for t in ("ov-int8", "ov-fp32") for f in graphs.ENCODER_FORMS]
+    model_int8, tokens_int8, model_fp32, tokens_fp32 = rows
+    assert model_int8["ratio"] == model_fp32["ratio"] == 1.0 and all(row["median_ms"] > 0 for row in rows)
+    assert tokens_int8["transposes"] < model_int8["transposes"] and tokens_fp32["transposes"] < model_fp32["transposes"], rows
+    assert model_fp32["attention_fused"] and not model_int8["attention_fused"]  # int8 graphs are quantized unfused
+    assert model_fp32["max_relative_error_vs_fp32"] < 1e-4 and tokens_fp32["max_relative_error_vs_fp32"] < 1e-4
+    assert "| ov-int8 | tokens | unfused |" in markdown(rows, "python -m ...", "tiny", 1, 2)
