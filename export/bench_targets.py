@@ -15,6 +15,10 @@ click (1 point + previous mask, single mask, post-processed to 512 x 512), set_i
 process over a session of images and clicks. Box Dice comes from `sammed-edge evaluate --modes box` reports on the
 whole dev set (`--dice-dir`, one `<row name>/evaluation.json` per row, e.g. from `python -m
 sammed_edge.export.evaluate` for "torch eager"; `--evaluate` runs the missing bundle ones).
+Then, in one more child process, the naive export and every bundle are timed in turns (`sammed-edge bench
+--compare`: encoder and click, each round every bundle once in a random order): this VM's speed drifts over
+minutes, which moves a whole row of the sequential table, while runs seconds apart in the same round see the same
+machine, so the interleaved ratios are the ones to compare.
 """
 
 from __future__ import annotations
@@ -90,6 +94,19 @@ def bench_row(bundle: Path | None, threads: int, runs: int, cold_runs: int, mode
         return json.loads(report.read_text())
 
 
+def interleaved(naive: Path, bundles: list[Path], names: list[str], threads: int, rounds: int) -> dict[str, Any]:
+    """`sammed-edge bench --compare` of the naive bundle and `bundles` in a child process, rows named `names`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "compare.json"
+        command = [sys.executable, "-m", "sammed_edge.runtime.cli", "bench", "--bundle", str(naive), "--compare",
+                   *map(str, bundles), "--threads", str(threads), "--rounds", str(rounds), "--json", str(report)]
+        subprocess.run(command, capture_output=True, text=True, check=True)
+        result = json.loads(report.read_text())
+    result["rows"] = dict(zip([NAIVE, *names], result["rows"].values()))
+    result["reference"] = NAIVE
+    return result
+
+
 def box_dice(dice_dir: Path, target: str) -> dict[str, Any] | None:
     """Overall box Dice of `<dice_dir>/<target>/evaluation.json`, or None when that report is absent."""
     path = dice_dir / target / "evaluation.json"
@@ -141,6 +158,15 @@ def markdown(result: dict[str, Any]) -> str:
         if "click_decoder" in timing:
             lines.append(f"| {name} | {timing['click_prompts']['median_ms']:.2f} | {timing['click_decoder']['median_ms']:.1f} | "
                          f"{timing['click_post']['median_ms']:.2f} | {timing['click']['median_ms']:.1f} |")
+    if result.get("interleaved"):
+        turns = result["interleaved"]
+        lines += ["", f"The same bundles timed in turns in one process ({turns['rounds']} rounds, each round every bundle's "
+                  "encoder once, then every bundle's click once, in a random order; ratios: median over rounds of naive / "
+                  "the row in the same round):", "",
+                  "| target | encoder ms | vs naive | click ms | vs naive |", "|---|---:|---:|---:|---:|"]
+        for name, row in turns["rows"].items():
+            lines.append(f"| {name} | {row['encoder']['median_ms']:.0f} | {row['encoder_ratio']:.2f}x | {row['click']['median_ms']:.1f} | "
+                         f"{row['click_ratio']:.2f}x |")
     masks = {row["dice"]["masks"] for row in rows.values() if row.get("dice")}
     lines += ["", f"Box Dice over {', '.join(map(str, sorted(masks))) or 'no'} dev-set masks (whole-mask box, `sammed-edge "
               "evaluate --modes box`); torch eager peak RSS is not measured (it is not a shipped runtime)."]
@@ -148,7 +174,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def run(bundles: list[Path], threads: int, runs: int, cold_runs: int, dice_dir: Path, evaluate: bool, workdir: Path,
-        torch_eager: bool = True, baseline: Path | None = None) -> dict[str, Any]:
+        torch_eager: bool = True, baseline: Path | None = None, rounds: int = 15) -> dict[str, Any]:
     first = load_bundle(bundles[0])
     naive = baseline if baseline is not None else naive_bundle(bundles[0], workdir / "naive-bundle")
     rows: dict[str, Any] = {NAIVE: bench_row(naive, threads, runs, cold_runs)}
@@ -164,8 +190,13 @@ def run(bundles: list[Path], threads: int, runs: int, cold_runs: int, dice_dir: 
     for name in (NAIVE, "torch eager"):
         if name in rows:
             rows[name]["dice"] = box_dice(dice_dir, name)
-    return {"model": first.manifest["model"]["name"], "baseline_model": load_bundle(naive).manifest["model"]["name"], "threads": threads, "runs": runs, "machine": machine(),
-            "tools": tool_versions("sammed-edge", "onnxruntime", "openvino", "nncf", "numpy", "torch"), "rows": rows}
+    result = {"model": first.manifest["model"]["name"], "baseline_model": load_bundle(naive).manifest["model"]["name"], "threads": threads, "runs": runs, "machine": machine(),
+              "tools": tool_versions("sammed-edge", "onnxruntime", "openvino", "nncf", "numpy", "torch"), "rows": rows}
+    if rounds:
+        print("… all bundles in turns", file=sys.stderr, flush=True)
+        names = [load_bundle(bundle).manifest["target"]["name"] for bundle in bundles]
+        result["interleaved"] = interleaved(naive, bundles, names, threads, rounds)
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dice-dir", type=Path, default=Path("out/evaluate/targets"))
     parser.add_argument("--evaluate", action="store_true", help="run the box evaluations that --dice-dir lacks")
     parser.add_argument("--no-torch", action="store_true", help="skip the torch eager row")
+    parser.add_argument("--rounds", type=int, default=15, help="rounds of the interleaved comparison (0: skip it)")
     parser.add_argument("--workdir", type=Path, default=Path("out/bench"))
     parser.add_argument("--baseline", type=Path, help="a naive bundle to compare with instead of building one from the "
                         "first bundle (e.g. the teacher's, for a student)")
@@ -192,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             row["dice"] = box_dice(args.dice_dir, name)
     else:
         result = run(args.bundles, args.threads, args.runs, args.cold_runs, args.dice_dir, args.evaluate, args.workdir,
-                     torch_eager=not args.no_torch, baseline=args.baseline)
+                     torch_eager=not args.no_torch, baseline=args.baseline, rounds=args.rounds)
     section = markdown(result)
     print(section)
     if args.json:

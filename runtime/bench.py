@@ -13,6 +13,10 @@ Measured (medians and p90 over `runs`, after warm-up, on 512 x 512 inputs):
     peak_rss: peak resident memory of that process after 20 further clicks, with a new image every 5 clicks.
 The PyTorch reference runs the same protocol through `TorchPredictor` in a separate process (only when torch is
 installed), so this process never imports torch.
+
+`compare_bundles` times several bundles in turns in one process instead (encoder and click as above): on a
+machine whose speed drifts, each round's runs of the bundles lie seconds apart, so their ratios hold where the
+times of separate runs do not.
 """
 
 from __future__ import annotations
@@ -57,6 +61,75 @@ def time_calls(fn: Callable[[], Any], runs: int, warmup: int) -> dict[str, float
         fn()
         times.append((time.perf_counter() - start) * 1e3)
     return _stats(times)
+
+
+def compare_bundles(bundles: dict[str, str | Path], rounds: int = 15, threads: int | None = None, gap_ms: float = 20.0,
+                    size: int = BENCH_SIZE, seed: int = 0) -> dict[str, Any]:
+    """Encoder and click times of several bundles, measured in turns in this process.
+
+    Each round times every bundle's encoder once, then every bundle's click once, each time in a new random order
+    with `gap_ms` between runs (a backend's worker threads may still spin after a run). The first bundle is the
+    reference: a ratio is the median over rounds of (reference time / bundle time) in the same round.
+
+    Returns:
+        {"rounds", "threads", "reference", "rows": {name: {"encoder": stats, "click": stats, "encoder_ratio",
+        "click_ratio"}}, "machine", "tools"}; stats as `time_calls` gives them.
+    """
+    from . import processing
+    from .predictor import Predictor
+
+    if not bundles:
+        raise ValueError("no bundles to compare")
+    image = bench_image(size)
+    click = np.array([[size * 0.5, size * 0.5]])
+    calls: dict[str, dict[str, Callable[[], Any]]] = {}
+    for name, path in bundles.items():
+        predictor = Predictor.from_bundle(path, threads=threads)
+        predictor.set_image(image)
+        _, _, low_res = predictor.predict(point_coords=click, point_labels=[1], best_only=True)
+        previous = mask_prompt_from_logits(low_res[0], predictor.policy)
+        tensor, _ = processing.preprocess_image(image, predictor.policy)
+        calls[name] = {
+            "encoder": lambda p=predictor, t=tensor: p._encode(t),
+            "click": lambda p=predictor, m=previous: p.predict(point_coords=click, point_labels=[1], mask_input=m, multimask_output=False),
+        }
+        for fn in calls[name].values():
+            fn()
+            fn()
+    names = list(bundles)
+    times: dict[str, dict[str, list[float]]] = {name: {"encoder": [], "click": []} for name in names}
+    rng = np.random.default_rng(seed)
+    for _ in range(rounds):
+        for kind in ("encoder", "click"):
+            for index in rng.permutation(len(names)):
+                time.sleep(gap_ms / 1e3)
+                start = time.perf_counter()
+                calls[names[index]][kind]()
+                times[names[index]][kind].append((time.perf_counter() - start) * 1e3)
+    reference = times[names[0]]
+    rows = {name: {kind: _stats(times[name][kind]) for kind in ("encoder", "click")} for name in names}
+    for name in names:
+        for kind in ("encoder", "click"):
+            rows[name][f"{kind}_ratio"] = round(statistics.median(r / t for r, t in zip(reference[kind], times[name][kind])), 3)
+    return {"rounds": rounds, "threads": threads, "reference": names[0], "rows": rows, "machine": machine(),
+            "tools": tool_versions("sammed-edge", "onnxruntime", "openvino", "numpy")}
+
+
+def compare_markdown(result: dict[str, Any]) -> str:
+    """Markdown table of a `compare_bundles` result."""
+    info = result["machine"]
+    lines = [
+        f"{result['rounds']} rounds in one process; machine: {info['cpu']}, {info['cores']} cores; threads: "
+        f"{result['threads'] or 'backend default'}; tools: " + ", ".join(f"{k} {v}" for k, v in result["tools"].items())
+        + f". `vs {result['reference']}`: median over rounds of {result['reference']}'s time / the row's in the same round.",
+        "",
+        f"| bundle | encoder ms | vs {result['reference']} | click ms | vs {result['reference']} |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, row in result["rows"].items():
+        lines.append(f"| {name} | {row['encoder']['median_ms']:.0f} | {row['encoder_ratio']:.2f}x | {row['click']['median_ms']:.1f} | "
+                     f"{row['click_ratio']:.2f}x |")
+    return "\n".join(lines) + "\n"
 
 
 def measure_predictor(predictor: Any, runs: int = 20, warmup: int = 3, size: int = BENCH_SIZE) -> dict[str, dict[str, float]]:

@@ -69,6 +69,20 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from . import bench
 
+    if args.compare:
+        if args.markdown:
+            raise SystemExit("--markdown updates a single bundle's section; with --compare use --json")
+        bundles: dict[str, Path] = {}
+        for path in (args.bundle, *args.compare):  # a bundle given twice (a noise check) gets a second row
+            name, copy = str(path), 2
+            while name in bundles:
+                name, copy = f"{path}#{copy}", copy + 1
+            bundles[name] = path
+        result = bench.compare_bundles(bundles, rounds=args.rounds, threads=args.threads)
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=1) + "\n")
+        print(bench.compare_markdown(result))
+        return 0
     result = bench.run_benchmark(args.bundle, runs=args.runs, threads=args.threads, reference=not args.no_reference, cold_runs=args.cold_runs)
     bench.write_report(result, args.markdown, args.json)
     print(bench.markdown(result))
@@ -157,6 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--runs", type=int, default=20)
     bench.add_argument("--cold-runs", type=int, default=5, help="fresh processes for the cold-start measure")
     bench.add_argument("--no-reference", action="store_true", help="skip the PyTorch eager reference")
+    bench.add_argument("--compare", type=Path, nargs="+", metavar="BUNDLE",
+                       help="time these bundles and --bundle in turns in one process (encoder and click), with ratios "
+                            "against --bundle, instead of the single-bundle report")
+    bench.add_argument("--rounds", type=int, default=15, help="rounds of --compare")
     bench.add_argument("--markdown", type=Path, help="Markdown file to update (e.g. docs/benchmarks.md)")
     bench.add_argument("--json", type=Path, help="write the report as JSON")
     bench.set_defaults(func=cmd_bench)

@@ -28,3 +28,20 @@ def test_naive_bundle_is_unfused_unslimmed_with_onnxruntime_defaults(tiny_bundle
         predictor.set_image(image)
         results.append(predictor.predict(point_coords=[[60, 70]], point_labels=[1], return_logits=True)[0])
     np.testing.assert_allclose(results[0], results[1], rtol=0, atol=1e-3 * np.abs(results[1]).max())
+
+
+def test_interleaved_rows_are_named_by_target_and_rendered(tiny_bundle, tiny_model, tmp_path):
+    from sammed_edge.export.bench_targets import interleaved, markdown
+
+    naive = naive_bundle(tiny_bundle, tmp_path / "naive", model=tiny_model)
+    turns = interleaved(naive, [tiny_bundle], ["onnx-fp32"], threads=1, rounds=2)
+    assert turns["reference"] == NAIVE and list(turns["rows"]) == [NAIVE, "onnx-fp32"]
+    assert turns["rows"][NAIVE]["encoder_ratio"] == 1.0 and turns["rows"]["onnx-fp32"]["click"]["runs"] == 2
+    stats = {"median_ms": 1.0, "p90_ms": 1.0, "runs": 1}
+    timing = {key: stats for key in ("encoder", "click", "end_to_end")}
+    result = {"model": "tiny", "threads": 1, "runs": 1, "tools": {}, "interleaved": turns,
+              "machine": {"cpu": "cpu", "cores": 1, "memory_gb": 1},
+              "rows": {NAIVE: {"runtime": timing, "process": None}, "onnx-fp32": {"runtime": timing, "process": None}}}
+    text = markdown(result)
+    assert "timed in turns in one process (2 rounds" in text
+    assert f"| onnx-fp32 | {turns['rows']['onnx-fp32']['encoder']['median_ms']:.0f} |" in text

@@ -12,3 +12,25 @@ def test_measure_predictor_reports_click_breakdown(tiny_bundle):
     assert set(result) == expected
     for name, stats in result.items():
         assert stats["median_ms"] > 0 and stats["p90_ms"] >= stats["median_ms"] and stats["runs"] >= 2, (name, stats)
+
+
+def test_compare_bundles_times_in_turns_with_ratios(tiny_bundle, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from sammed_edge.runtime.bench import compare_bundles, compare_markdown
+
+    result = compare_bundles({"a": tiny_bundle, "b": tiny_bundle}, rounds=3, threads=1, gap_ms=1.0, size=96)
+    assert result["reference"] == "a" and list(result["rows"]) == ["a", "b"]
+    for row in result["rows"].values():
+        assert row["encoder"]["runs"] == 3 and row["click"]["runs"] == 3 and row["click"]["median_ms"] > 0
+        assert row["encoder_ratio"] > 0 and row["click_ratio"] > 0
+    assert result["rows"]["a"]["encoder_ratio"] == result["rows"]["a"]["click_ratio"] == 1.0
+    assert "| b |" in compare_markdown(result)
+    # the CLI's form: bundles named by their paths, --bundle first; a bundle given twice gets a second row
+    report = tmp_path / "compare.json"
+    subprocess.run([sys.executable, "-m", "sammed_edge.runtime.cli", "bench", "--bundle", str(tiny_bundle), "--compare",
+                    str(tiny_bundle), "--rounds", "2", "--threads", "1", "--json", str(report)], check=True, capture_output=True, timeout=300)
+    cli = json.loads(report.read_text())
+    assert cli["rounds"] == 2 and cli["reference"] == str(tiny_bundle) and list(cli["rows"]) == [str(tiny_bundle), f"{tiny_bundle}#2"]
