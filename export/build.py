@@ -28,6 +28,7 @@ import torch
 from sammed_edge.export.bundler import TARGETS, BuildOptions, build_bundle
 from sammed_edge.export.calibration import calibration_set
 from sammed_edge.export.gate import GateError
+from sammed_edge.export.quantize import OPENVINO_PRESETS
 from sammed_edge.export.graphs import DECODER_FORMS, ENCODER_FORMS, EXPORTERS, VerificationError
 from sammed_edge.export import pipeline
 from sammed_edge.export.models import list_models, load_model
@@ -100,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
                                                    "(default: the development set, else pydicom's test images)")
     parser.add_argument("--calib-images", type=int, default=32, help="calibration images")
     parser.add_argument("--holdout", type=int, default=60, help="held-out masks scored by the accuracy gate")
+    parser.add_argument("--nncf-preset", choices=OPENVINO_PRESETS, default=BuildOptions.nncf_preset,
+                        help="ov-int8: asymmetric (mixed, the default) or symmetric (performance) int8 activations "
+                             "(docs/quantization.md)")
     parser.add_argument("--no-fuse", action="store_true",
                         help="keep the unfused attention subgraphs (default: fused where measured faster, docs/fusion.md)")
     parser.add_argument("--no-gate", action="store_true", help="record the accuracy gate but do not fail on it (experiments)")
@@ -137,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint = args.checkpoint or name
     options = BuildOptions(exporter=args.exporter, opset=args.opset, slim=not args.no_slim, verify_images=args.verify_images,
                            fuse=not args.no_fuse, gate=not args.no_gate, decoder_form=args.decoder_form,
-                           encoder_form=args.encoder_form)
+                           encoder_form=args.encoder_form, nncf_preset=args.nncf_preset)
     stages: list[pipeline.Stage] = []
     if args.finetune_data or args.distill:
         chain = pipeline.ChainOptions(

@@ -144,6 +144,7 @@ class BuildOptions:
     tolerance: dict[str, graphs.Tolerance] = field(default_factory=lambda: dict(graphs.FP32))
     ort_quant_ops: tuple[str, ...] = ("Gemm",)
     ort_calibration: str = "minmax"
+    nncf_preset: str = quantize.DEFAULT_OPENVINO_PRESET
     fuse: bool = True
     gate: bool = True
     box_budget: float = BOX_BUDGET
@@ -154,7 +155,7 @@ class BuildOptions:
     def exporter_record(self) -> dict[str, Any]:
         """The export settings as the manifest's provenance records them."""
         return {"kind": self.exporter, "opset": self.opset, "onnxslim": self.slim, "fuse_attention": self.fuse,
-                "decoder_form": self.decoder_form, "encoder_form": self.encoder_form}
+                "decoder_form": self.decoder_form, "encoder_form": self.encoder_form, "nncf_preset": self.nncf_preset}
 
 
 def encoder_form(model: SamModel, target: Target, options: BuildOptions) -> str:
@@ -317,7 +318,7 @@ def _convert(target: Target, graph: str, fp32_onnx: Path, out_dir: Path, calib: 
     elif target.artifact == "openvino":
         path = out_dir / f"{graph}.xml"
         if needs_calibration:
-            entry["quantization"] = quantize.quantize_openvino(fp32_onnx, path, tensors)
+            entry["quantization"] = quantize.quantize_openvino(fp32_onnx, path, tensors, preset=options.nncf_preset)
         else:
             # graphs computed in bf16 / fp16 keep their weights in fp16: exact enough for that compute, half the memory
             weights = "fp16" if plan.precision in ("bf16", "fp16") else "fp32"

@@ -157,6 +157,13 @@ def test_openvino_int8(tiny_model, tmp_path):
     assert result.manifest["verification"]["gate"]["holdout_masks"] > 0
 
 
+def test_unknown_nncf_preset_is_refused(tmp_path):
+    from sammed_edge.export.quantize import quantize_openvino
+
+    with pytest.raises(ValueError, match="unknown NNCF preset 'fast'"):
+        quantize_openvino(tmp_path / "missing.onnx", tmp_path / "x.xml", [], preset="fast")
+
+
 def test_build_records_attention_fusion(tiny_bundle, tiny_model, tmp_path):
     graphs = load_bundle(tiny_bundle).manifest["graphs"]
     for name in ("encoder", "decoder"):

@@ -146,6 +146,7 @@ def test_ov_int8_build_writes_the_token_form(tmp_path):
     manifest = load_bundle(result.path).manifest
     assert manifest["graphs"]["encoder"]["form"] == "tokens"
     assert manifest["provenance"]["exporter"]["encoder_form"] == "auto"
+    assert manifest["graphs"]["encoder"]["quantization"]["preset"] == "mixed"  # asymmetric activations
     assert manifest["verification"]["onnx_fp32"]["encoder"]["images"] == 2
 
 
