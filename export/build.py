@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="factored: the decoder's image-sized products reordered (same outputs, fewer FLOPs); "
                              "sam: the model's own forward (docs/exporters.md)")
     parser.add_argument("--encoder-form", choices=("auto",) + ENCODER_FORMS, default=BuildOptions.encoder_form,
-                        help="auto: the target's measured choice (tokens for ov-int8 where the encoder is TinyViT); "
+                        help="auto: the target's measured choice (tokens for the OpenVINO targets where the encoder is TinyViT); "
                              "model: the model's own forward; tokens: TinyViT's attention stages on B x L x C tokens "
                              "(docs/exporters.md)")
     parser.add_argument("--verify-images", type=int, default=BuildOptions.verify_images, help="real images used by the checks")

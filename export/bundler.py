@@ -103,11 +103,11 @@ class Target:
 
 
 FP32 = GraphPlan()
-# The OpenVINO targets write a TinyViT encoder in the token form: 0.79x (int8), 0.82x (bf16) and 0.85x (fp32) the
-# model form's time in one interleaved run (docs/exporters.md#encoder-form).
 # OpenVINO runs the layers NNCF left in float, and the decoder, in bf16 where the CPU can (measured on this
 # AVX512-BF16 CPU: int8 encoder 440 -> 268 ms, decoder 35 -> 21 ms; the accuracy gate judges the result).
 BF16_OR_FP32 = {"inference_precision": "bf16-or-fp32"}
+# The OpenVINO targets write a TinyViT encoder in the token form: 0.79x (int8), 0.82x (bf16) and 0.85x (fp32) the
+# model form's time in one interleaved run (docs/exporters.md#encoder-form).
 TARGETS: dict[str, Target] = {
     "onnx-fp32": Target("onnx-fp32", "onnxruntime", "onnx", FP32, FP32,
                         "ONNX graphs for onnxruntime (CPU, or CUDA when present), fp32"),
@@ -159,22 +159,14 @@ class BuildOptions:
 
 
 def encoder_form(model: SamModel, target: Target, options: BuildOptions) -> str:
-    """The form the encoder graph is written in: the requested one, or for "auto" the target's where the model
-    has it (else the model's own forward).
-
-    Raises:
-        ValueError: a form was requested that the model does not have.
-    """
+    """The form the encoder graph is written in: the requested one (`graphs.EncoderGraph` refuses one the model
+    does not have), or for "auto" the target's where the model has it, else the model's own forward."""
     from .token_encoder import has_token_form
 
-    if options.encoder_form == "auto":
-        form = target.encoder_form
-        return form if form != "tokens" or has_token_form(model) else graphs.DEFAULT_ENCODER_FORM
-    if options.encoder_form == "tokens" and not has_token_form(model):
-        raise ValueError("--encoder-form tokens needs a TinyViT encoder; this model has none")
-    if options.encoder_form not in graphs.ENCODER_FORMS:
-        raise ValueError(f"unknown encoder form {options.encoder_form!r}; choose from auto, {', '.join(graphs.ENCODER_FORMS)}")
-    return options.encoder_form
+    if options.encoder_form != "auto":
+        return options.encoder_form
+    form = target.encoder_form
+    return form if form != "tokens" or has_token_form(model) else graphs.DEFAULT_ENCODER_FORM
 
 
 @dataclass

@@ -46,9 +46,9 @@ OPENVINO_TARGETS = ("ov-int8", "ov-bf16", "ov-fp32")
 MATRIX_PRODUCTS = ("FullyConnected", "FullyConnectedQuantizedLegacy", "MatMul")
 
 
-def executed_layers(backend: Any) -> Counter:
-    """Layer types of the compiled OpenVINO model (after the plugin's fusions)."""
-    return Counter(op.get_rt_info()["layerType"].astype(str) for op in backend.compiled.get_runtime_model().get_ordered_ops())
+def executed_layers(compiled: Any) -> Counter:
+    """Layer types of a compiled OpenVINO model as the plugin runs them (after its fusions)."""
+    return Counter(op.get_rt_info()["layerType"].astype(str) for op in compiled.get_runtime_model().get_ordered_ops())
 
 
 def _ir(target: str, form: str, onnx_path: Path, tensors: list[np.ndarray]) -> tuple[Path, bool]:
@@ -96,7 +96,7 @@ def compare(model: Any, rounds: int, threads: int, calib_images: int, targets: S
                 error = max(float(np.abs(runner.run({io_contract.ENCODER_INPUT: t})[io_contract.ENCODER_OUTPUT] - ref).max()
                                   / np.abs(ref).max()) for t, ref in zip(tensors, refs))
                 candidates.append(SimpleNamespace(target=target, form=form, fused=fused, run=runner.run, times=[], error=error,
-                                                  feeds={io_contract.ENCODER_INPUT: tensors[0]}, layers=executed_layers(runner)))
+                                                  feeds={io_contract.ENCODER_INPUT: tensors[0]}, layers=executed_layers(runner.compiled)))
         measure(candidates, rounds)
     rows = []
     for c in candidates:

@@ -18,7 +18,6 @@ import logging
 import shlex
 import statistics
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -27,8 +26,8 @@ import numpy as np
 
 from sammed_edge.kernels.onnx import BACKENDS, OPS, fuse_attention, runner, verify_fusion
 from sammed_edge.runtime import processing
+from sammed_edge.runtime.bench import time_in_turns
 from sammed_edge.runtime.bundle import load_bundle
-from sammed_edge.runtime.progress import progress
 from sammed_edge.runtime.samples import sample_images
 from sammed_edge.runtime.sysinfo import cpu_name, machine, tool_versions
 
@@ -97,23 +96,11 @@ def build_candidates(bundle_path: Path, backends: list[str], ops: list[str], thr
 
 
 def measure(candidates: list[Candidate], rounds: int, warmup: int = 2, gap_ms: float = 20.0, seed: int = 0) -> None:
-    """Time every candidate once per round, in a new random order each round, `gap_ms` apart.
-
-    The order is shuffled because a fixed order gives each candidate a fixed predecessor, and a predecessor's
-    worker threads (onnxruntime spins them after a run, OpenVINO's pool too) compete with the next run on a
-    small machine; the gap lets them settle.
-    """
-    rng = np.random.default_rng(seed)
-    for cand in candidates:
-        for _ in range(warmup):
-            cand.run(cand.feeds)
-    for _ in progress(range(rounds), "rounds"):
-        for index in rng.permutation(len(candidates)):
-            cand = candidates[index]
-            time.sleep(gap_ms / 1e3)
-            start = time.perf_counter()
-            cand.run(cand.feeds)
-            cand.times.append((time.perf_counter() - start) * 1e3)
+    """Time every candidate once per round in turns (`runtime.bench.time_in_turns`: a new random order each round,
+    `gap_ms` apart), appending to each candidate's `times`."""
+    times = time_in_turns([lambda c=cand: c.run(c.feeds) for cand in candidates], rounds, warmup, gap_ms, seed, show_progress=True)
+    for cand, measured in zip(candidates, times):
+        cand.times.extend(measured)
 
 
 def median_interval(values: list[float], level: float = 0.95, resamples: int = 4000, seed: int = 0) -> tuple[float, float]:

@@ -14,9 +14,9 @@ Measured (medians and p90 over `runs`, after warm-up, on 512 x 512 inputs):
 The PyTorch reference runs the same protocol through `TorchPredictor` in a separate process (only when torch is
 installed), so this process never imports torch.
 
-`compare_bundles` times several bundles in turns in one process instead (encoder and click as above): on a
-machine whose speed drifts, each round's runs of the bundles lie seconds apart, so their ratios hold where the
-times of separate runs do not.
+`compare_bundles` times several bundles in turns in one process instead (encoder and click as above,
+`time_in_turns`): on a machine whose speed drifts, each round's runs of the bundles lie seconds apart, so their
+ratios hold where the times of separate runs do not.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -63,55 +63,77 @@ def time_calls(fn: Callable[[], Any], runs: int, warmup: int) -> dict[str, float
     return _stats(times)
 
 
+def time_in_turns(calls: Sequence[Callable[[], Any]], rounds: int, warmup: int = 2, gap_ms: float = 20.0, seed: int = 0,
+                  phases: Sequence[Sequence[int]] | None = None, show_progress: bool = False) -> list[list[float]]:
+    """Wall times in ms of every call once per round, in a new random order each round, `gap_ms` apart; one list
+    per call.
+
+    The order is shuffled because a fixed order gives each call a fixed predecessor, and a predecessor's worker
+    threads (onnxruntime spins them after a run, OpenVINO's pool too) compete with the next run on a small machine;
+    the gap lets them settle. `phases` (lists of call indices) splits a round into parts run one after another,
+    each shuffled on its own; by default a round is one phase of every call.
+    """
+    from .progress import progress
+
+    for fn in calls:
+        for _ in range(warmup):
+            fn()
+    times: list[list[float]] = [[] for _ in calls]
+    rng = np.random.default_rng(seed)
+    for _ in progress(range(rounds), "rounds", enabled=show_progress):
+        for phase in phases if phases is not None else [range(len(calls))]:
+            for index in rng.permutation(list(phase)):
+                time.sleep(gap_ms / 1e3)
+                start = time.perf_counter()
+                calls[index]()
+                times[index].append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def _prepare(predictor: Any, image: np.ndarray, click: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Set `image` on the predictor and click once; returns (the mask prompt fed back by the timed clicks, the
+    preprocessed image tensor the encoder is timed on)."""
+    from . import processing
+
+    predictor.set_image(image)
+    _, _, low_res = predictor.predict(point_coords=click, point_labels=[1], best_only=True)
+    return mask_prompt_from_logits(low_res[0], predictor.policy), processing.preprocess_image(image, predictor.policy)[0]
+
+
 def compare_bundles(bundles: dict[str, str | Path], rounds: int = 15, threads: int | None = None, gap_ms: float = 20.0,
                     size: int = BENCH_SIZE, seed: int = 0) -> dict[str, Any]:
-    """Encoder and click times of several bundles, measured in turns in this process.
+    """Encoder and click times of several bundles, measured in turns in this process (`time_in_turns`).
 
-    Each round times every bundle's encoder once, then every bundle's click once, each time in a new random order
-    with `gap_ms` between runs (a backend's worker threads may still spin after a run). The first bundle is the
-    reference: a ratio is the median over rounds of (reference time / bundle time) in the same round.
+    Each round runs every bundle's encoder once, then every bundle's click once, each in a random order. The first
+    bundle is the reference: a ratio is the median over rounds of (reference time / bundle time) in the same round.
 
     Returns:
         {"rounds", "threads", "reference", "rows": {name: {"encoder": stats, "click": stats, "encoder_ratio",
         "click_ratio"}}, "machine", "tools"}; stats as `time_calls` gives them.
     """
-    from . import processing
     from .predictor import Predictor
 
     if not bundles:
         raise ValueError("no bundles to compare")
     image = bench_image(size)
     click = np.array([[size * 0.5, size * 0.5]])
-    calls: dict[str, dict[str, Callable[[], Any]]] = {}
+    keys, calls = [], []
     for name, path in bundles.items():
         predictor = Predictor.from_bundle(path, threads=threads)
-        predictor.set_image(image)
-        _, _, low_res = predictor.predict(point_coords=click, point_labels=[1], best_only=True)
-        previous = mask_prompt_from_logits(low_res[0], predictor.policy)
-        tensor, _ = processing.preprocess_image(image, predictor.policy)
-        calls[name] = {
-            "encoder": lambda p=predictor, t=tensor: p._encode(t),
-            "click": lambda p=predictor, m=previous: p.predict(point_coords=click, point_labels=[1], mask_input=m, multimask_output=False),
-        }
-        for fn in calls[name].values():
-            fn()
-            fn()
-    names = list(bundles)
-    times: dict[str, dict[str, list[float]]] = {name: {"encoder": [], "click": []} for name in names}
-    rng = np.random.default_rng(seed)
-    for _ in range(rounds):
+        previous, tensor = _prepare(predictor, image, click)
+        keys += [(name, "encoder"), (name, "click")]
+        calls += [lambda p=predictor, t=tensor: p._encode(t),
+                  lambda p=predictor, m=previous: p.predict(point_coords=click, point_labels=[1], mask_input=m, multimask_output=False)]
+    phases = [range(0, len(calls), 2), range(1, len(calls), 2)]  # the encoders, then the clicks
+    times = dict(zip(keys, time_in_turns(calls, rounds, gap_ms=gap_ms, seed=seed, phases=phases)))
+    reference = next(iter(bundles))
+    rows = {}
+    for name in bundles:
+        rows[name] = {kind: _stats(times[name, kind]) for kind in ("encoder", "click")}
         for kind in ("encoder", "click"):
-            for index in rng.permutation(len(names)):
-                time.sleep(gap_ms / 1e3)
-                start = time.perf_counter()
-                calls[names[index]][kind]()
-                times[names[index]][kind].append((time.perf_counter() - start) * 1e3)
-    reference = times[names[0]]
-    rows = {name: {kind: _stats(times[name][kind]) for kind in ("encoder", "click")} for name in names}
-    for name in names:
-        for kind in ("encoder", "click"):
-            rows[name][f"{kind}_ratio"] = round(statistics.median(r / t for r, t in zip(reference[kind], times[name][kind])), 3)
-    return {"rounds": rounds, "threads": threads, "reference": names[0], "rows": rows, "machine": machine(),
+            ratios = (r / t for r, t in zip(times[reference, kind], times[name, kind]))
+            rows[name][f"{kind}_ratio"] = round(statistics.median(ratios), 3)
+    return {"rounds": rounds, "threads": threads, "reference": reference, "rows": rows, "machine": machine(),
             "tools": tool_versions("sammed-edge", "onnxruntime", "openvino", "numpy")}
 
 
@@ -139,10 +161,7 @@ def measure_predictor(predictor: Any, runs: int = 20, warmup: int = 3, size: int
     image = bench_image(size)
     images = [image, np.ascontiguousarray(image[::-1]), np.ascontiguousarray(image[:, ::-1])]
     click = np.array([[size * 0.5, size * 0.5]])
-    predictor.set_image(image)
-    _, _, low_res = predictor.predict(point_coords=click, point_labels=[1], best_only=True)
-    previous = mask_prompt_from_logits(low_res[0], predictor.policy)
-    tensor, _ = processing.preprocess_image(image, predictor.policy)
+    previous, tensor = _prepare(predictor, image, click)
     counter = iter(range(1 << 30))
 
     def new_image() -> None:

@@ -45,3 +45,14 @@ def test_interleaved_rows_are_named_by_target_and_rendered(tiny_bundle, tiny_mod
     text = markdown(result)
     assert "timed in turns in one process (2 rounds" in text
     assert f"| onnx-fp32 | {turns['rows']['onnx-fp32']['encoder']['median_ms']:.0f} |" in text
+
+
+def test_fusion_comparison_times_candidates_in_turns():
+    from types import SimpleNamespace
+
+    from sammed_edge.export.compare_fusion import measure
+
+    seen = []
+    candidates = [SimpleNamespace(run=lambda feeds, k=k: seen.append(k), feeds={}, times=[1.0]) for k in range(2)]
+    measure(candidates, rounds=3, warmup=0, gap_ms=0.0)
+    assert [len(c.times) for c in candidates] == [4, 4] and sorted(seen) == [0, 0, 0, 1, 1, 1]

@@ -34,3 +34,27 @@ def test_compare_bundles_times_in_turns_with_ratios(tiny_bundle, tmp_path):
                     str(tiny_bundle), "--rounds", "2", "--threads", "1", "--json", str(report)], check=True, capture_output=True, timeout=300)
     cli = json.loads(report.read_text())
     assert cli["rounds"] == 2 and cli["reference"] == str(tiny_bundle) and list(cli["rows"]) == [str(tiny_bundle), f"{tiny_bundle}#2"]
+
+
+def test_time_in_turns_runs_every_call_once_per_round_in_shuffled_orders():
+    from sammed_edge.runtime.bench import time_in_turns
+
+    log: list[int] = []
+    calls = [lambda i=i: log.append(i) for i in range(3)]
+    times = time_in_turns(calls, rounds=6, warmup=1, gap_ms=0.0)
+    assert [len(t) for t in times] == [6, 6, 6] and all(ms >= 0 for t in times for ms in t)
+    assert log[:3] == [0, 1, 2]  # warm-up, in order
+    rounds = [log[3 + 3 * r: 6 + 3 * r] for r in range(6)]
+    assert all(sorted(r) == [0, 1, 2] for r in rounds)
+    assert len({tuple(r) for r in rounds}) > 1  # the order changes between rounds
+
+
+def test_time_in_turns_phases_run_one_after_another():
+    from sammed_edge.runtime.bench import time_in_turns
+
+    log: list[int] = []
+    calls = [lambda i=i: log.append(i) for i in range(4)]
+    time_in_turns(calls, rounds=3, warmup=0, gap_ms=0.0, phases=[[0, 2], [1, 3]])
+    for r in range(3):
+        round_log = log[4 * r: 4 * r + 4]
+        assert sorted(round_log[:2]) == [0, 2] and sorted(round_log[2:]) == [1, 3]
