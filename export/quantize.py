@@ -127,7 +127,10 @@ def quantize_openvino(fp32: str | Path, out_xml: str | Path, tensors: Sequence[n
 
     if preset not in OPENVINO_PRESETS:
         raise ValueError(f"unknown NNCF preset {preset!r}; choose from {OPENVINO_PRESETS}")
-    model = ov.Core().read_model(str(fp32))
+    # convert_model, not Core.read_model: it folds constant subgraphs first. Read as is, a grouped convolution's
+    # weights reach it through a Reshape, NNCF puts its weight quantizer after that Reshape, the weights stay float
+    # in the IR and OpenVINO runs those depthwise convolutions in bf16 (LiteMedSAM's stage 0: docs/quantization.md).
+    model = ov.convert_model(str(fp32))
     kwargs: dict[str, Any] = {"subset_size": len(tensors), "preset": getattr(nncf.QuantizationPreset, preset.upper())}
     if model_type == "transformer":
         kwargs["model_type"] = nncf.ModelType.TRANSFORMER

@@ -15,6 +15,7 @@ from sammed_edge.export.bundler import TARGETS, BuildOptions, encoder_form
 from sammed_edge.export.models import build_model
 from sammed_edge.export.models.tiny_vit import WindowAttention
 from sammed_edge.export.token_encoder import TokenWindowAttention, has_token_form, token_encoder
+from sammed_edge.runtime import processing
 from sammed_edge.runtime.samples import phantom
 
 # windows that pad every grid (32, 16, 16 tokens a side), and windows that cover whole grids (no partition)
@@ -157,3 +158,30 @@ def test_compare_tool_reports_both_forms():
     assert model_fp32["attention_fused"] and not model_int8["attention_fused"]  # int8 graphs are quantized unfused
     assert model_fp32["max_relative_error_vs_fp32"] < 1e-4 and tokens_fp32["max_relative_error_vs_fp32"] < 1e-4
     assert "| ov-int8 | tokens | unfused |" in markdown(rows, "python -m ...", "tiny", 1, 2)
+
+
+@needs_openvino
+def test_nncf_quantizes_the_depthwise_convolutions(tmp_path):
+    """Every depthwise convolution NNCF quantizes gets int8 weights in the IR (no FakeQuantize left on float weights,
+    which OpenVINO folds back to float and then runs the convolution in bf16 / fp32), and the MBConv ones run int8."""
+    import openvino as ov
+
+    from sammed_edge.export.calibration import calibration_set
+    from sammed_edge.export.quantize import quantize_openvino
+
+    model = _tiny("lite_medsam", **TINY_LITE)
+    onnx_path = graphs.export_encoder(model, tmp_path / "encoder.onnx", form="tokens")
+    policy = model.processing_policy()
+    tensors = [processing.preprocess_image(image, policy)[0] for image in calibration_set(None, 4, 0).images]
+    quantize_openvino(onnx_path, tmp_path / "int8.xml", tensors)
+    quantized = ov.Core().read_model(str(tmp_path / "int8.xml"))
+    convolutions = [op for op in quantized.get_ops() if op.get_type_name() == "GroupConvolution"]
+    weights = [op.input_value(1).get_node() for op in convolutions]
+    assert convolutions and not [w.get_friendly_name() for w in weights if w.get_type_name() == "FakeQuantize"]
+    int8_weights = [w for w in weights if w.get_type_name() == "Multiply"]  # int8 Constant -> Convert -> scale
+    assert int8_weights, [w.get_type_name() for w in weights]
+    compiled = ov.Core().compile_model(quantized, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    executed = {op.get_friendly_name(): op.get_rt_info()["primitiveType"].astype(str)
+                for op in compiled.get_runtime_model().get_ordered_ops()}
+    mbconv = [kind for name, kind in executed.items() if "layers.0/blocks" in name and "conv2/c/Conv" in name]
+    assert mbconv and all("i8" in kind.lower() for kind in mbconv), mbconv
