@@ -33,6 +33,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from sammed_edge.runtime.bench import turns_table
 from sammed_edge.runtime.bundle import load_bundle, write_manifest
 from sammed_edge.runtime.sysinfo import machine, tool_versions
 
@@ -162,11 +163,7 @@ def markdown(result: dict[str, Any]) -> str:
         turns = result["interleaved"]
         lines += ["", f"The same bundles timed in turns in one process ({turns['rounds']} rounds, each round every bundle's "
                   "encoder once, then every bundle's click once, in a random order; ratios: median over rounds of naive / "
-                  "the row in the same round):", "",
-                  "| target | encoder ms | vs naive | click ms | vs naive |", "|---|---:|---:|---:|---:|"]
-        for name, row in turns["rows"].items():
-            lines.append(f"| {name} | {row['encoder']['median_ms']:.0f} | {row['encoder_ratio']:.2f}x | {row['click']['median_ms']:.1f} | "
-                         f"{row['click_ratio']:.2f}x |")
+                  "the row in the same round):", "", *turns_table(turns["rows"], "target", NAIVE)]
     masks = {row["dice"]["masks"] for row in rows.values() if row.get("dice")}
     lines += ["", f"Box Dice over {', '.join(map(str, sorted(masks))) or 'no'} dev-set masks (whole-mask box, `sammed-edge "
               "evaluate --modes box`); torch eager peak RSS is not measured (it is not a shipped runtime)."]

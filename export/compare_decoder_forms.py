@@ -13,10 +13,8 @@ interleaved in one process (each round runs every candidate once) for clicks wit
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -33,7 +31,7 @@ from sammed_edge.runtime.sysinfo import cpu_name, tool_versions
 
 from . import graphs
 from .compare_fusion import measure
-from .doc_sections import write_section
+from .doc_sections import command_line, publish
 from .models import list_models, load_model
 
 log = logging.getLogger("sammed_edge.compare_decoder_forms")
@@ -157,13 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
     rows = compare(model, args.clicks, args.rounds, args.threads, args.backends or available_backends())
-    command = "python -m sammed_edge.export.compare_decoder_forms " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = markdown(rows, command.strip(), args.model, args.threads, args.rounds)
-    print(text)
-    if args.markdown:
-        write_section(args.markdown, "decoder_forms", text)
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+    text = markdown(rows, command_line("sammed_edge.export.compare_decoder_forms", argv), args.model, args.threads, args.rounds)
+    publish(text, rows, args.markdown, "decoder_forms", args.json)
     return 0
 
 

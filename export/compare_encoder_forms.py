@@ -16,10 +16,8 @@ graph's on calibration images (the accuracy gate judges a built bundle on held-o
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
-import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -38,7 +36,7 @@ from . import graphs, quantize
 from .bundler import TARGETS
 from .calibration import calibration_set
 from .compare_fusion import measure
-from .doc_sections import write_section
+from .doc_sections import command_line, publish
 from .models import list_models, load_model
 
 log = logging.getLogger("sammed_edge.compare_encoder_forms")
@@ -143,13 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
     rows = compare(model, args.rounds, args.threads, args.calib_images, tuple(args.targets))
-    command = "python -m sammed_edge.export.compare_encoder_forms " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = markdown(rows, command.strip(), args.model, args.threads, args.rounds)
-    print(text)
-    if args.markdown:
-        write_section(args.markdown, "encoder_forms", text)
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+    text = markdown(rows, command_line("sammed_edge.export.compare_encoder_forms", argv), args.model, args.threads, args.rounds)
+    publish(text, rows, args.markdown, "encoder_forms", args.json)
     return 0
 
 

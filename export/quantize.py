@@ -105,8 +105,8 @@ def onnxruntime_kernels(path: str | Path) -> dict[str, int]:
 
 
 # NNCF's presets: "mixed" (its default for transformers) quantizes activations asymmetrically, "performance"
-# symmetrically. On LiteMedSAM's token-form encoder the symmetric one was no faster (1.01x in turns) and lost more
-# box Dice at the gate (docs/quantization.md), so "mixed" stays.
+# symmetrically. On LiteMedSAM's token-form encoder the symmetric one was no faster in turns and lost more accuracy
+# (docs/quantization.md), so "mixed" stays.
 OPENVINO_PRESETS = ("mixed", "performance")
 DEFAULT_OPENVINO_PRESET = "mixed"
 

@@ -137,6 +137,15 @@ def compare_bundles(bundles: dict[str, str | Path], rounds: int = 15, threads: i
             "tools": tool_versions("sammed-edge", "onnxruntime", "openvino", "numpy")}
 
 
+def turns_table(rows: dict[str, Any], label: str, reference: str) -> list[str]:
+    """Markdown table lines of `compare_bundles`' rows: first column headed `label`, ratios headed `vs reference`."""
+    lines = [f"| {label} | encoder ms | vs {reference} | click ms | vs {reference} |", "|---|---:|---:|---:|---:|"]
+    for name, row in rows.items():
+        lines.append(f"| {name} | {row['encoder']['median_ms']:.0f} | {row['encoder_ratio']:.2f}x | {row['click']['median_ms']:.1f} | "
+                     f"{row['click_ratio']:.2f}x |")
+    return lines
+
+
 def compare_markdown(result: dict[str, Any]) -> str:
     """Markdown table of a `compare_bundles` result."""
     info = result["machine"]
@@ -145,12 +154,8 @@ def compare_markdown(result: dict[str, Any]) -> str:
         f"{result['threads'] or 'backend default'}; tools: " + ", ".join(f"{k} {v}" for k, v in result["tools"].items())
         + f". `vs {result['reference']}`: median over rounds of {result['reference']}'s time / the row's in the same round.",
         "",
-        f"| bundle | encoder ms | vs {result['reference']} | click ms | vs {result['reference']} |",
-        "|---|---:|---:|---:|---:|",
+        *turns_table(result["rows"], "bundle", result["reference"]),
     ]
-    for name, row in result["rows"].items():
-        lines.append(f"| {name} | {row['encoder']['median_ms']:.0f} | {row['encoder_ratio']:.2f}x | {row['click']['median_ms']:.1f} | "
-                     f"{row['click_ratio']:.2f}x |")
     return "\n".join(lines) + "\n"
 
 
