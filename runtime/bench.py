@@ -22,6 +22,7 @@ ratios hold where the times of separate runs do not.
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -327,7 +328,9 @@ def write_report(result: dict[str, Any], markdown_path: Path | None, json_path: 
         text = markdown_path.read_text() if markdown_path.is_file() else "# Benchmarks\n\nWritten by `sammed-edge bench`.\n\n"
         if header in text:
             start = text.index(header)
-            end = text.find("\n### ", start + 1)
+            # the section runs to the next heading of its level or above
+            following = re.search(r"\n#{1,3} ", text[start + 1 :])
+            end = start + 1 + following.start() if following else -1
             text = text[:start] + section + (text[end + 1 :] if end != -1 else "")
         else:
             text = text.rstrip("\n") + "\n\n" + section

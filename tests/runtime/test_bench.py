@@ -58,3 +58,27 @@ def test_time_in_turns_phases_run_one_after_another():
     for r in range(3):
         round_log = log[4 * r: 4 * r + 4]
         assert sorted(round_log[:2]) == [0, 2] and sorted(round_log[2:]) == [1, 3]
+
+
+def _report(click_ms: float) -> dict:
+    stats = {"median_ms": click_ms, "p90_ms": click_ms + 1, "runs": 3}
+    return {
+        "model": "m", "family": "f", "target": "onnx-fp32", "threads": 2, "image_size": 512,
+        "machine": {"cpu": "cpu", "cores": 2, "memory_gb": 1.0}, "tools": {"numpy": "2"}, "torch_eager": None,
+        "runtime": {key: stats for key in ("encoder", "set_image", "click", "click_3", "end_to_end")},
+        "process": {"cold_start_s": 1.0, "cold_start_p90_s": 1.1, "runs": 2, "in_process_first_mask_s": 0.9,
+                    "peak_rss_mb": 100.0, "torch_loaded": False},
+    }
+
+
+def test_write_report_replaces_only_its_own_section(tmp_path):
+    from sammed_edge.runtime.bench import write_report
+
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text("# Benchmarks\n\nintro\n\n### m (f), target `onnx-fp32`\n\nold table\n\n## Next part\n\nkept text\n\n### other\n\nkept too\n")
+    write_report(_report(12.5), doc, None)
+    once = doc.read_text()
+    assert "old table" not in once and "| 12.5 |" in once
+    assert once.index("| 12.5 |") < once.index("## Next part\n\nkept text") < once.index("### other\n\nkept too")
+    write_report(_report(12.5), doc, None)
+    assert doc.read_text() == once
