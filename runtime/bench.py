@@ -331,7 +331,7 @@ def write_report(result: dict[str, Any], markdown_path: Path | None, json_path: 
             # the section runs to the next heading of its level or above
             following = re.search(r"\n#{1,3} ", text[start + 1 :])
             end = start + 1 + following.start() if following else -1
-            text = text[:start] + section + (text[end + 1 :] if end != -1 else "")
+            text = text[:start] + section + ("\n" + text[end + 1 :] if end != -1 else "")
         else:
             text = text.rstrip("\n") + "\n\n" + section
         markdown_path.write_text(text)

@@ -79,6 +79,6 @@ def test_write_report_replaces_only_its_own_section(tmp_path):
     write_report(_report(12.5), doc, None)
     once = doc.read_text()
     assert "old table" not in once and "| 12.5 |" in once
-    assert once.index("| 12.5 |") < once.index("## Next part\n\nkept text") < once.index("### other\n\nkept too")
+    assert once.index("| 12.5 |") < once.index("\n\n## Next part\n\nkept text") < once.index("### other\n\nkept too")
     write_report(_report(12.5), doc, None)
     assert doc.read_text() == once
