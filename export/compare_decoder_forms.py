@@ -7,7 +7,7 @@ Exports the decoder as the build writes it (TorchScript exporter, onnxslim, atte
 recommends it for the backend) in the "sam" form (the model's own forward) and the "factored" form
 (`factored_decoder.py`), checks on each backend that the two agree on a real image's embedding, then times both
 interleaved in one process (each round runs every candidate once) for clicks with the previous mask fed back, as
-`sammed-edge bench` times a click (`compare_fusion.measure`: a shuffled order each round, runs 20 ms apart). Backends: onnxruntime fp32, OpenVINO fp32 and, where the CPU has it, bf16.
+`sammed-edge bench` times a click (`compare_fusion.measure`: a shuffled order each round, runs `runtime.bench.TURN_GAP_MS` apart). Backends: onnxruntime fp32, OpenVINO fp32 and, where the CPU has it, bf16.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def compare(model: Any, clicks: list[int], rounds: int, threads: int, backends: 
                     tokens = feeds[n]["point_coords"].shape[1] + model.mask_decoder.num_mask_tokens + 1
                     candidates.append(dict(backend=name, clicks=n, tokens=tokens, form=form, run=runner.run, feeds=feeds[n],
                                            diff=diff, times=[]))
-    measure([SimpleNamespace(**cand) for cand in candidates], rounds)  # shuffled order, 20 ms apart
+    measure([SimpleNamespace(**cand) for cand in candidates], rounds)  # shuffled order, runs apart (TURN_GAP_MS)
     rows = []
     for cand in candidates:
         base = next(c for c in candidates if c["backend"] == cand["backend"] and c["clicks"] == cand["clicks"] and c["form"] == "sam")

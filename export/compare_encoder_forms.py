@@ -8,7 +8,7 @@ turns each into the target's IR the way the build does: int8 by NNCF on the same
 (`quantize.quantize_openvino`); bf16 / fp32 converted, with the attention fused where `kernels.onnx` recommends
 it for OpenVINO and its pattern matches (it does in both forms). Every IR is loaded
 through the runtime's OpenVINO backend with its target's runtime options, and all are timed interleaved in one
-process (`compare_fusion.measure`: a shuffled order each round, runs 20 ms apart). Also reported: the Transpose,
+process (`compare_fusion.measure`: a shuffled order each round, runs `runtime.bench.TURN_GAP_MS` apart). Also reported: the Transpose,
 Reorder and matrix-product layers OpenVINO executes in each, and how far each embedding lies from the fp32 ONNX
 graph's on calibration images (the accuracy gate judges a built bundle on held-out masks).
 """

@@ -26,7 +26,7 @@ import numpy as np
 
 from sammed_edge.kernels.onnx import BACKENDS, OPS, fuse_attention, runner, verify_fusion
 from sammed_edge.runtime import processing
-from sammed_edge.runtime.bench import time_in_turns
+from sammed_edge.runtime.bench import TURN_GAP_MS, time_in_turns
 from sammed_edge.runtime.bundle import load_bundle
 from sammed_edge.runtime.samples import sample_images
 from sammed_edge.runtime.sysinfo import cpu_name, machine, tool_versions
@@ -95,7 +95,7 @@ def build_candidates(bundle_path: Path, backends: list[str], ops: list[str], thr
     return candidates
 
 
-def measure(candidates: list[Candidate], rounds: int, warmup: int = 2, gap_ms: float = 20.0, seed: int = 0) -> None:
+def measure(candidates: list[Candidate], rounds: int, warmup: int = 2, gap_ms: float = TURN_GAP_MS, seed: int = 0) -> None:
     """Time every candidate once per round in turns (`runtime.bench.time_in_turns`: a new random order each round,
     `gap_ms` apart), appending to each candidate's `times`."""
     times = time_in_turns([lambda c=cand: c.run(c.feeds) for cand in candidates], rounds, warmup, gap_ms, seed, show_progress=True)
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))
     parser.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS), help="fused operators to try")
     parser.add_argument("--graphs", nargs="+", choices=GRAPHS, default=list(GRAPHS))
-    parser.add_argument("--gap-ms", type=float, default=20.0, help="idle time before each timed run")
+    parser.add_argument("--gap-ms", type=float, default=TURN_GAP_MS, help="idle time before each timed run")
     parser.add_argument("--equal-within", type=float, default=0.02, help="ratio margin still counted as equal")
     parser.add_argument("--out", type=Path, help="write the Markdown table here")
     parser.add_argument("--json", type=Path, help="write the rows as JSON here")

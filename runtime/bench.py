@@ -36,6 +36,10 @@ from .processing import mask_prompt_from_logits
 from .sysinfo import machine, tool_versions
 
 BENCH_SIZE = 512
+# Idle time before each run timed in turns. On the 2-core VM, a LiteMedSAM decoder run 0-20 ms after another
+# onnxruntime session's run took 31-49 ms against 18-29 ms alone (the other session's worker still spinning);
+# 50 ms and more after it, no difference (docs/benchmarks.md).
+TURN_GAP_MS = 100.0
 
 
 def bench_image(size: int = BENCH_SIZE, seed: int = 0) -> np.ndarray:
@@ -64,15 +68,15 @@ def time_calls(fn: Callable[[], Any], runs: int, warmup: int) -> dict[str, float
     return _stats(times)
 
 
-def time_in_turns(calls: Sequence[Callable[[], Any]], rounds: int, warmup: int = 2, gap_ms: float = 20.0, seed: int = 0,
+def time_in_turns(calls: Sequence[Callable[[], Any]], rounds: int, warmup: int = 2, gap_ms: float = TURN_GAP_MS, seed: int = 0,
                   phases: Sequence[Sequence[int]] | None = None, show_progress: bool = False) -> list[list[float]]:
     """Wall times in ms of every call once per round, in a new random order each round, `gap_ms` apart; one list
     per call.
 
     The order is shuffled because a fixed order gives each call a fixed predecessor, and a predecessor's worker
     threads (onnxruntime spins them after a run, OpenVINO's pool too) compete with the next run on a small machine;
-    the gap lets them settle. `phases` (lists of call indices) splits a round into parts run one after another,
-    each shuffled on its own; by default a round is one phase of every call.
+    the gap (`TURN_GAP_MS`) lets them settle. `phases` (lists of call indices) splits a round into parts run one
+    after another, each shuffled on its own; by default a round is one phase of every call.
     """
     from .progress import progress
 
@@ -101,7 +105,7 @@ def _prepare(predictor: Any, image: np.ndarray, click: np.ndarray) -> tuple[np.n
     return mask_prompt_from_logits(low_res[0], predictor.policy), processing.preprocess_image(image, predictor.policy)[0]
 
 
-def compare_bundles(bundles: dict[str, str | Path], rounds: int = 15, threads: int | None = None, gap_ms: float = 20.0,
+def compare_bundles(bundles: dict[str, str | Path], rounds: int = 15, threads: int | None = None, gap_ms: float = TURN_GAP_MS,
                     size: int = BENCH_SIZE, seed: int = 0) -> dict[str, Any]:
     """Encoder and click times of several bundles, measured in turns in this process (`time_in_turns`).
 
