@@ -45,7 +45,7 @@ from .models.sam import SamModel
 
 NAIVE = "naive"
 # onnxruntime's own defaults, over the runtime's per-graph memory choices (runtime/predictor.py GRAPH_DEFAULTS)
-ORT_DEFAULTS = {"encoder": {"memory_pattern": True, "arena_shrinkage": False}, "decoder": {"memory_arena": True}}
+ORT_DEFAULTS = {"encoder": {"memory_pattern": True, "arena_shrinkage": False, "spinning": True}, "decoder": {"memory_arena": True}}
 
 
 def naive_bundle(reference: Path, out: Path, model: SamModel | None = None) -> Path:

@@ -201,3 +201,16 @@ def test_cpu_session_records_its_options(tiny_bundle):
     predictor = Predictor.from_bundle(tiny_bundle, device="cpu", tf32=True)
     described = predictor.encoder.describe()
     assert described["providers"] == ["CPUExecutionProvider"] and described["device"] == "cpu" and described["tf32"] is True
+
+
+def test_encoder_threads_do_not_spin_after_a_run(tiny_bundle):
+    """The runtime's encoder session lets its workers sleep after a run (the next click would compete with them);
+    the decoder keeps onnxruntime's spinning, and an option turns it off or on per graph."""
+    predictor = Predictor.from_bundle(tiny_bundle, device="cpu")
+    entry = "session.intra_op.allow_spinning"
+    assert predictor.encoder.session.get_session_options().get_session_config_entry(entry) == "0"
+    assert predictor.decoder.session.get_session_options().get_session_config_entry(entry) == "1"
+    assert predictor.encoder.describe()["spinning"] is False and predictor.decoder.describe()["spinning"] is True
+    chosen = Predictor.from_bundle(tiny_bundle, device="cpu", encoder_options={"spinning": True}, decoder_options={"spinning": False})
+    assert chosen.encoder.session.get_session_options().get_session_config_entry(entry) == "1"
+    assert chosen.decoder.session.get_session_options().get_session_config_entry(entry) == "0"
