@@ -32,6 +32,9 @@ def test_wheel_layout_and_import(tmp_path):
     sources = {f"sammed_edge/{path.relative_to(REPO).as_posix()}" for part in ("export", "runtime", "kernels", "demo")
                for path in (REPO / part).rglob("*.py") if "__pycache__" not in path.parts}
     assert sorted(sources - set(names)) == []
+    # and so do the trained weights, with their provenance
+    weights = {f"sammed_edge/export/weights/{path.name}" for path in (REPO / "export" / "weights").iterdir()}
+    assert weights and sorted(weights - set(names)) == []
 
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--disable-pip-version-check", "-q",
