@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -189,10 +190,16 @@ def main(argv: list[str] | None = None) -> int:
     from .bundle import BundleError
 
     try:
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()  # a reader that went away shows up here rather than as a traceback at exit
+        return status
     except (InputError, BundleError, BackendError, FileNotFoundError) as exc:
         print(f"sammed-edge {args.command}: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # the output's reader closed early (`sammed-edge info B | head`): stop quietly, as shell tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":
