@@ -38,7 +38,7 @@ from sammed_edge.runtime.bundle import load_bundle, write_manifest
 from sammed_edge.runtime.sysinfo import machine, tool_versions
 
 from .bundler import hash_entries
-from .doc_sections import write_section
+from .doc_sections import publish
 from .graphs import export_decoder, export_encoder, graph_node_count
 from .models import load_model
 from .models.sam import SamModel
@@ -222,12 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         result = run(args.bundles, args.threads, args.runs, args.cold_runs, args.dice_dir, args.evaluate, args.workdir,
                      torch_eager=not args.no_torch, baseline=args.baseline, rounds=args.rounds)
-    section = markdown(result)
-    print(section)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
-    if args.markdown:
-        write_section(args.markdown, args.section, section)
+    publish(markdown(result), result, args.markdown, args.section, args.json)
     return 0
 
 

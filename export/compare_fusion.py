@@ -13,7 +13,6 @@ fusion is recommended unless it is slower beyond doubt (the interval lies above 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shlex
 import statistics
@@ -31,7 +30,7 @@ from sammed_edge.runtime.bundle import load_bundle
 from sammed_edge.runtime.samples import sample_images
 from sammed_edge.runtime.sysinfo import cpu_name, machine, tool_versions
 
-from .doc_sections import write_section
+from .doc_sections import publish
 from .graphs import prompt_cases
 
 log = logging.getLogger("sammed_edge.compare_fusion")
@@ -192,13 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     measure(candidates, args.rounds, gap_ms=args.gap_ms)
     rows = summarize(candidates, args.equal_within)
     text = markdown(rows, args, shlex.join(sys.argv[1:] if argv is None else argv))
-    print(text)
-    if args.out:
-        write_section(args.out, "compare_fusion", text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"machine": machine(), "cpu": cpu_name(), "rows": rows,
-                                         "decisions": decisions(rows)}, indent=2) + "\n")
+    publish(text, {"machine": machine(), "cpu": cpu_name(), "rows": rows, "decisions": decisions(rows)}, args.out,
+            "compare_fusion", args.json)
     return 0
 
 

@@ -26,7 +26,7 @@ from sammed_edge.runtime.sysinfo import cpu_name, tool_versions
 
 from . import graphs, quantize
 from .bundler import _fp32_manifest, hash_entries
-from .doc_sections import write_section
+from .doc_sections import publish
 from .calibration import calibration_set
 from .gate import accuracy_gate
 from .models import load_model
@@ -112,12 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         result = run(args.model, args.variants, Path(tmp))
-    section = markdown(result)
-    print(section)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
-    if args.out:
-        write_section(args.out, "compare_quantization", section)
+    publish(markdown(result), result, args.out, "compare_quantization", args.json)
     return 0
 
 

@@ -33,4 +33,5 @@ def publish(text: str, data: Any, markdown: Path | None, section: str, json_path
     if markdown:
         write_section(markdown, section, text)
     if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(data, indent=1) + "\n")
