@@ -135,10 +135,45 @@ def quantize_openvino(fp32: str | Path, out_xml: str | Path, tensors: Sequence[n
     if model_type == "transformer":
         kwargs["model_type"] = nncf.ModelType.TRANSFORMER
     quantized = nncf.quantize(model, nncf.Dataset([{ENCODER_INPUT: t} for t in tensors]), **kwargs)
+    symmetric = symmetric_depthwise_inputs(quantized)
     ov.save_model(quantized, str(out_xml), compress_to_fp16=False)
     counts = Counter(op.get_type_name() for op in quantized.get_ops())
     return {"tool": f"nncf {nncf.__version__}", "model_type": model_type, "preset": preset, "calibration_images": len(tensors),
-            "fake_quantize_nodes": counts.get("FakeQuantize", 0)}
+            "fake_quantize_nodes": counts.get("FakeQuantize", 0), "symmetric_depthwise_inputs": symmetric}
+
+
+def symmetric_depthwise_inputs(model: Any) -> int:
+    """Widen the int8 input ranges of a quantized model's depthwise convolutions to signed symmetric ones, in place.
+
+    NNCF's "mixed" preset gives each depthwise convolution an asymmetric per-channel input range [lo, hi]; OpenVINO's
+    CPU plugin runs a convolution with such zero points only on its generic int8 kernel (`jit_avx512_I8`). Each
+    channel's range becomes [-a * 128 / 127, a] with a = max(|lo|, |hi|): zero point 0, every calibrated value still
+    inside, one bit less resolution for inputs of one sign; OpenVINO then picks its `brgconv` depthwise int8 kernel.
+    On LiteMedSAM's encoder: ~2 % faster, the embedding's RMS error against fp32 0.214 of its spread instead of
+    0.205 (docs/benchmarks.md). Returns how many inputs were changed.
+    """
+    from openvino import opset13
+
+    changed = 0
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "GroupConvolution":
+            continue
+        quantizer = op.input_value(0).get_node()
+        if quantizer.get_type_name() != "FakeQuantize" or quantizer.get_levels() != 256:
+            continue
+        bounds = [quantizer.input_value(i).get_node() for i in range(1, 5)]
+        if any(node.get_type_name() != "Constant" for node in bounds):
+            continue
+        low, high, out_low, out_high = (node.get_data().astype(np.float32) for node in bounds)
+        if not (np.array_equal(low, out_low) and np.array_equal(high, out_high)):
+            continue  # a quantizer that also rescales is not an activation range; left as NNCF wrote it
+        half = np.maximum(np.maximum(np.abs(low), np.abs(high)), 1e-6)
+        for port, value in zip(range(1, 5), (-half * 128 / 127, half, -half * 128 / 127, half)):
+            quantizer.input(port).replace_source_output(opset13.constant(value.astype(np.float32)).output(0))
+        changed += 1
+    if changed:
+        model.validate_nodes_and_infer_types()
+    return changed
 
 
 def convert_openvino(onnx_path: str | Path, out_xml: str | Path, weights: str = "fp32") -> dict[str, Any]:

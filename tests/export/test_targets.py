@@ -164,6 +164,43 @@ def test_unknown_nncf_preset_is_refused(tmp_path):
         quantize_openvino(tmp_path / "missing.onnx", tmp_path / "x.xml", [], preset="fast")
 
 
+@needs_openvino
+def test_depthwise_inputs_become_symmetric_and_nothing_else_changes():
+    """Only a depthwise convolution's activation quantizer is widened, to [-a * 128/127, a] per channel."""
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    from sammed_edge.export.quantize import symmetric_depthwise_inputs
+
+    def quantizer(x, low, high, out_low=None, out_high=None):
+        bounds = [low, high, low if out_low is None else out_low, high if out_high is None else out_high]
+        return ops.fake_quantize(x, *(ops.constant(np.array(b, np.float32).reshape(1, -1, 1, 1)) for b in bounds), 256)
+
+    x = ops.parameter([1, 2, 8, 8], np.float32)
+    depthwise_weights = ops.constant(np.ones((2, 1, 1, 3, 3), np.float32))
+    dense_weights = ops.constant(np.ones((2, 2, 1, 1), np.float32))
+    depthwise = ops.group_convolution(quantizer(x, [-0.17, -0.5], [2.0, 0.25]), depthwise_weights, [1, 1], [1, 1], [1, 1], [1, 1])
+    dense = ops.convolution(quantizer(x, [-0.17, -0.5], [2.0, 0.25]), dense_weights, [1, 1], [0, 0], [0, 0], [1, 1])
+    rescaling = ops.group_convolution(quantizer(x, [-1.0, -1.0], [1.0, 1.0], [0.0, 0.0], [2.0, 2.0]), depthwise_weights,
+                                      [1, 1], [1, 1], [1, 1], [1, 1])
+    model = ov.Model([depthwise, dense, rescaling], [x])
+
+    assert symmetric_depthwise_inputs(model) == 1
+
+    def bounds(op):
+        node = op.input_value(0).get_node()
+        return [node.input_value(i).get_node().get_data().reshape(-1) for i in range(1, 5)]
+
+    by_name = {op.get_friendly_name(): op for op in model.get_ops()}
+    changed = bounds(by_name[depthwise.get_friendly_name()])
+    np.testing.assert_allclose(changed[1], [2.0, 0.5])
+    np.testing.assert_allclose(changed[0], [-2.0 * 128 / 127, -0.5 * 128 / 127], rtol=1e-6)
+    np.testing.assert_array_equal(changed[0], changed[2])
+    np.testing.assert_array_equal(changed[1], changed[3])
+    np.testing.assert_allclose(bounds(by_name[dense.get_friendly_name()])[0], [-0.17, -0.5])
+    np.testing.assert_allclose(bounds(by_name[rescaling.get_friendly_name()])[2], [0.0, 0.0])
+
+
 def test_build_records_attention_fusion(tiny_bundle, tiny_model, tmp_path):
     graphs = load_bundle(tiny_bundle).manifest["graphs"]
     for name in ("encoder", "decoder"):

@@ -173,7 +173,7 @@ def test_nncf_quantizes_the_depthwise_convolutions(tmp_path):
     onnx_path = graphs.export_encoder(model, tmp_path / "encoder.onnx", form="tokens")
     policy = model.processing_policy()
     tensors = [processing.preprocess_image(image, policy)[0] for image in calibration_set(None, 4, 0).images]
-    quantize_openvino(onnx_path, tmp_path / "int8.xml", tensors)
+    report = quantize_openvino(onnx_path, tmp_path / "int8.xml", tensors)
     quantized = ov.Core().read_model(str(tmp_path / "int8.xml"))
     convolutions = [op for op in quantized.get_ops() if op.get_type_name() == "GroupConvolution"]
     weights = [op.input_value(1).get_node() for op in convolutions]
@@ -185,3 +185,14 @@ def test_nncf_quantizes_the_depthwise_convolutions(tmp_path):
                 for op in compiled.get_runtime_model().get_ordered_ops()}
     mbconv = [kind for name, kind in executed.items() if "layers.0/blocks" in name and "conv2/c/Conv" in name]
     assert mbconv and all("i8" in kind.lower() for kind in mbconv), mbconv
+
+    # their inputs are signed symmetric (zero point 0), which OpenVINO's brgconv depthwise int8 kernel needs
+    inputs = [op.input_value(0).get_node() for op in convolutions]
+    quantized_inputs = [q for q in inputs if q.get_type_name() == "FakeQuantize"]
+    assert report["symmetric_depthwise_inputs"] == len(quantized_inputs) > 0
+    for quantizer in quantized_inputs:
+        low, high = (quantizer.input_value(i).get_node().get_data() for i in (1, 2))
+        np.testing.assert_allclose(low, -high * 128 / 127, rtol=1e-6)
+        assert (high > 0).all()
+    if any("avx512" in kind for kind in mbconv):
+        assert all("brgconv" in kind and "dw" in kind for kind in mbconv), mbconv
