@@ -98,7 +98,9 @@ def page_state(page) -> dict:
 
 def wait_update(page, seq: int) -> dict:
     page.wait_for_function(
-        "(seq) => JSON.parse(document.querySelector('#page-state textarea').value).seq > seq", arg=seq, timeout=60_000
+        # the state box may not be rendered yet, or still empty, right after the page loads or a file is set
+        "(seq) => { const box = document.querySelector('#page-state textarea');"
+        " return !!(box && box.value) && JSON.parse(box.value).seq > seq; }", arg=seq, timeout=60_000
     )
     return page_state(page)
 
