@@ -149,8 +149,8 @@ def symmetric_depthwise_inputs(model: Any) -> int:
     CPU plugin runs a convolution with such zero points only on its generic int8 kernel (`jit_avx512_I8`). Each
     channel's range becomes [-a * 128 / 127, a] with a = max(|lo|, |hi|): zero point 0, every calibrated value still
     inside, one bit less resolution for inputs of one sign; OpenVINO then picks its `brgconv` depthwise int8 kernel.
-    On LiteMedSAM's encoder: ~2 % faster, the embedding's RMS error against fp32 0.214 of its spread instead of
-    0.205 (docs/benchmarks.md). Returns how many inputs were changed.
+    On LiteMedSAM's encoder: ~2 % faster, the embedding's RMS error against fp32 0.214 of its standard deviation
+    instead of 0.205 (docs/benchmarks.md). Returns how many inputs were changed.
     """
     from openvino import opset13
 
