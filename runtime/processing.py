@@ -13,6 +13,7 @@ Frames used below:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -401,11 +402,13 @@ def mask_prompt_from_logits(low_res_logits: np.ndarray, policy: ProcessingPolicy
 # ---------------------------------------------------------------------------------------------- masks
 
 
+@functools.lru_cache(maxsize=64)
 def _linear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Source indices and weights of 1-D linear interpolation, half-pixel centres, no antialias.
 
     Follows PyTorch's CPU `interpolate(mode="bilinear", align_corners=False)`: a float32 scale, the source
-    coordinate computed in double and stored as float32, so masks match the official post-processing.
+    coordinate computed in double and stored as float32, so masks match the official post-processing. Cached per
+    size pair, so the arrays are read-only.
     """
     scale = np.float64(np.float32(in_size) / np.float32(out_size))
     src = ((np.arange(out_size, dtype=np.float64) + 0.5) * scale - 0.5).astype(np.float32)
@@ -414,6 +417,8 @@ def _linear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, n
     index1 = np.minimum(index0 + 1, in_size - 1)
     weight1 = (src - index0.astype(np.float32)).astype(np.float32)
     weight0 = (np.float32(1.0) - weight1).astype(np.float32)
+    for array in (index0, index1, weight0, weight1):
+        array.flags.writeable = False
     return index0, index1, weight0, weight1
 
 
@@ -428,8 +433,19 @@ def resize_bilinear(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         return maps
     r0, r1, rw0, rw1 = _linear_taps(maps.shape[-2], out_h)
     c0, c1, cw0, cw1 = _linear_taps(maps.shape[-1], out_w)
-    cols = maps[..., c0] * cw0 + maps[..., c1] * cw1
-    return cols[..., r0, :] * rw0[:, None] + cols[..., r1, :] * rw1[:, None]
+    # x0 * w0 + x1 * w1 along the columns, then the rows, each product rounded to float32 before the sum; `take`
+    # and in-place products instead of fancy indexing and fresh temporaries: the same values in half the time
+    cols = np.take(maps, c0, axis=-1)
+    cols *= cw0
+    right = np.take(maps, c1, axis=-1)
+    right *= cw1
+    cols += right
+    out = np.take(cols, r0, axis=-2)
+    out *= rw0[:, None]
+    below = np.take(cols, r1, axis=-2)
+    below *= rw1[:, None]
+    out += below
+    return out
 
 
 def postprocess_logits(low_res: np.ndarray, geometry: ImageGeometry, policy: ProcessingPolicy) -> np.ndarray:
