@@ -112,7 +112,8 @@ class OpenVinoBackend:
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.check_feeds:
             self.contract.check_feeds(feeds)
-        results = self._request().infer(dict(feeds))
+        # share_inputs: OpenVINO reads the arrays in place instead of copying them (the 4 MB embedding on every click)
+        results = self._request().infer(dict(feeds), share_inputs=True)
         # results are views into the request's buffers: copy before the next call reuses them
         by_name = {port.get_any_name(): value for port, value in results.items()}
         return {name: np.array(by_name[name], copy=True) for name in self.contract.output_names}
