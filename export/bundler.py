@@ -66,6 +66,8 @@ class Target:
         requires: importable modules the build needs.
         encoder_form: how the encoder graph is written for this target where the model has that form
             (`graphs.ENCODER_FORMS`; chosen by measurement, docs/exporters.md).
+        embedding_layout: how the embedding passes from encoder to decoder (`graphs.EMBEDDING_LAYOUTS`; chosen by
+            measurement, docs/exporters.md#embedding-layout).
     """
 
     name: str
@@ -76,6 +78,7 @@ class Target:
     description: str
     requires: tuple[str, ...] = ("onnx", "onnxruntime")
     encoder_form: str = graphs.DEFAULT_ENCODER_FORM
+    embedding_layout: str = graphs.DEFAULT_EMBEDDING_LAYOUT
 
     def plan(self, graph: str) -> GraphPlan:
         return self.encoder if graph == "encoder" else self.decoder
@@ -115,15 +118,15 @@ TARGETS: dict[str, Target] = {
                         "onnxruntime, encoder statically quantized to int8 (u8s8 QDQ), decoder fp32",
                         requires=("onnx", "onnxruntime")),
     "ov-fp32": Target("ov-fp32", "openvino", "openvino", FP32, FP32, "OpenVINO IR, fp32",
-                      requires=("onnx", "onnxruntime", "openvino"), encoder_form="tokens"),
+                      requires=("onnx", "onnxruntime", "openvino"), encoder_form="tokens", embedding_layout="tokens"),
     "ov-int8": Target("ov-int8", "openvino", "openvino", GraphPlan("int8", BF16_OR_FP32), GraphPlan("bf16", BF16_OR_FP32),
                       "OpenVINO IR, encoder int8 by NNCF post-training quantization, other layers and the decoder "
                       "in bf16 where the CPU has AVX512-BF16 / AMX (else fp32)",
-                      requires=("onnx", "onnxruntime", "openvino", "nncf"), encoder_form="tokens"),
+                      requires=("onnx", "onnxruntime", "openvino", "nncf"), encoder_form="tokens", embedding_layout="tokens"),
     "ov-bf16": Target("ov-bf16", "openvino", "openvino", GraphPlan("bf16", {"inference_precision": "bf16"}),
                       GraphPlan("bf16", {"inference_precision": "bf16"}),
                       "OpenVINO IR run in bf16 (needs AVX512-BF16 / AMX)",
-                      requires=("onnx", "onnxruntime", "openvino"), encoder_form="tokens"),
+                      requires=("onnx", "onnxruntime", "openvino"), encoder_form="tokens", embedding_layout="tokens"),
     "trt-fp16": Target("trt-fp16", "tensorrt", "tensorrt", GraphPlan("fp16"), GraphPlan("fp16"),
                        "TensorRT engines (NVIDIA GPU), fp16 with LayerNorm / Softmax pinned to fp32",
                        requires=("onnx", "onnxruntime", "tensorrt", "cuda")),
@@ -151,11 +154,21 @@ class BuildOptions:
     point_budget: float = POINT_BUDGET
     decoder_form: str = graphs.DEFAULT_DECODER_FORM
     encoder_form: str = "auto"  # "auto": the target's form (Target.encoder_form), else one of graphs.ENCODER_FORMS
+    embedding_layout: str = "auto"  # "auto": the target's (Target.embedding_layout), else one of graphs.EMBEDDING_LAYOUTS
 
     def exporter_record(self) -> dict[str, Any]:
         """The export settings as the manifest's provenance records them."""
         return {"kind": self.exporter, "opset": self.opset, "onnxslim": self.slim, "fuse_attention": self.fuse,
-                "decoder_form": self.decoder_form, "encoder_form": self.encoder_form, "nncf_preset": self.nncf_preset}
+                "decoder_form": self.decoder_form, "encoder_form": self.encoder_form, "embedding_layout": self.embedding_layout,
+                "nncf_preset": self.nncf_preset}
+
+
+def embedding_layout(target: Target, options: BuildOptions) -> str:
+    """The embedding layout between the bundle's graphs: the requested one, or for "auto" the target's."""
+    layout = target.embedding_layout if options.embedding_layout == "auto" else options.embedding_layout
+    if layout not in graphs.EMBEDDING_LAYOUTS:
+        raise ValueError(f"unknown embedding layout {layout!r}; choose from {graphs.EMBEDDING_LAYOUTS}")
+    return layout
 
 
 def encoder_form(model: SamModel, target: Target, options: BuildOptions) -> str:
@@ -326,7 +339,8 @@ def _convert(target: Target, graph: str, fp32_onnx: Path, out_dir: Path, calib: 
         else:
             shutil.copy(fp32_onnx, source)
         engine = out_dir / f"{graph}.engine"
-        contract = graphs.encoder_contract(model) if graph == "encoder" else graphs.decoder_contract(model)
+        layout = embedding_layout(target, options)
+        contract = graphs.encoder_contract(model, layout) if graph == "encoder" else graphs.decoder_contract(model, layout)
         entry["tensorrt_compat"] = trt_build.check_tensorrt_compat(source, contract)
         report = trt_build.build_engine(source, engine, contract, plan.precision, timing_cache=out_dir.parent / "timing.cache")
         entry.update(file=engine.name, onnx_file=source.name, format="tensorrt-engine", engine=report)
@@ -346,10 +360,11 @@ def hash_entries(root: Path, entries: dict[str, dict[str, Any]]) -> None:
         entry["bytes"] = sum((root / entry[key]).stat().st_size for key in files)
 
 
-def _fp32_manifest(model: SamModel, folder: Path) -> None:
-    """A manifest for the verified fp32 ONNX graphs, so the gate can run them through the same runtime code."""
+def _fp32_manifest(model: SamModel, folder: Path, layout: str) -> None:
+    """A manifest for the verified fp32 ONNX graphs (embedding in `layout`), so the gate can run them through the
+    same runtime code."""
     entries = {g: {"file": f"{g}.onnx", "contract": c.to_dict()} for g, c in
-               (("encoder", graphs.encoder_contract(model)), ("decoder", graphs.decoder_contract(model)))}
+               (("encoder", graphs.encoder_contract(model, layout)), ("decoder", graphs.decoder_contract(model, layout)))}
     hash_entries(folder, entries)
     manifest = {"schema": bundle_schema.SCHEMA, "schema_version": bundle_schema.SCHEMA_VERSION,
                 "model": {"name": "fp32-reference", "family": model.family}, "processing": model.processing_policy().to_dict(),
@@ -402,19 +417,22 @@ def build_bundle(
     try:
         exported: dict[str, dict[str, Any]] = {}
         form = encoder_form(model, target, options)
-        for name, export in (("encoder", functools.partial(graphs.export_encoder, form=form)),
-                             ("decoder", functools.partial(graphs.export_decoder, form=options.decoder_form))):
+        layout = embedding_layout(target, options)
+        for name, export in (("encoder", functools.partial(graphs.export_encoder, form=form, layout=layout)),
+                             ("decoder", functools.partial(graphs.export_decoder, form=options.decoder_form, layout=layout))):
             done = _step(f"export {name}", seconds)
             path = export(model, fp32_dir / f"{name}.onnx", exporter=options.exporter, opset=options.opset)
             exported[name] = {"onnxslim": graphs.slim(path) if options.slim else None}
             done()
         exported["encoder"]["form"] = form
         exported["decoder"]["form"] = options.decoder_form
+        for name in GRAPHS:
+            exported[name]["embedding_layout"] = layout
         verification: dict[str, Any] = {}
         done = _step(f"verify fp32 ONNX graphs against PyTorch on {len(images)} images", seconds)
         verification["onnx_fp32"] = {
-            "encoder": graphs.verify_encoder(model, fp32_dir / "encoder.onnx", images, options.tolerance["encoder"]),
-            "decoder": graphs.verify_decoder(model, fp32_dir / "decoder.onnx", images, options.tolerance["decoder"]),
+            "encoder": graphs.verify_encoder(model, fp32_dir / "encoder.onnx", images, options.tolerance["encoder"], layout),
+            "decoder": graphs.verify_decoder(model, fp32_dir / "decoder.onnx", images, options.tolerance["decoder"], layout),
         }
         done()
 
@@ -428,7 +446,7 @@ def build_bundle(
                 exported[name]["fusion"] = {"applied": False, "reason": "--no-fuse"}
 
         entries: dict[str, dict[str, Any]] = {}
-        contracts = {"encoder": graphs.encoder_contract(model), "decoder": graphs.decoder_contract(model)}
+        contracts = {"encoder": graphs.encoder_contract(model, layout), "decoder": graphs.decoder_contract(model, layout)}
         for name in GRAPHS:
             done = _step(f"{target.name}: {name} ({target.plan(name).precision})", seconds)
             entry = _convert(target, name, fp32_dir / f"{name}.onnx", bundle_dir, calibration, model, options)
@@ -469,7 +487,7 @@ def build_bundle(
             done = _step("accuracy gate on held-out data" + ("" if options.gate else " (not enforced: --no-gate)"), seconds)
             if calibration is None:
                 raise ValueError("reduced-precision targets need calibration data for the accuracy gate")
-            _fp32_manifest(model, fp32_dir)
+            _fp32_manifest(model, fp32_dir, layout)
             verification["gate"] = accuracy_gate(
                 Predictor.from_bundle(fp32_dir, cache_size=0, **check_options("onnxruntime")),
                 Predictor.from_bundle(bundle_dir, cache_size=0, **check_options(target.backend)),

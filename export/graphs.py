@@ -9,6 +9,7 @@ Python branches by arithmetic (the mask prompt is blended by `has_mask_input`), 
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import logging
 import warnings
@@ -18,11 +19,13 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sammed_edge.runtime import contract as io_contract
 from sammed_edge.runtime import processing
 
+from .models.common import LayerNorm2d
 from .models.sam import SamModel
 
 log = logging.getLogger(__name__)
@@ -37,6 +40,10 @@ DEFAULT_DECODER_FORM = "factored"
 # as B x L x C tokens with separate q / k / v products (token_encoder.py), laid out for OpenVINO's CPU plugin
 ENCODER_FORMS = ("model", "tokens")
 DEFAULT_ENCODER_FORM = "model"
+# how the embedding passes from encoder to decoder (runtime.contract.EMBEDDING_LAYOUTS): SAM's "nchw", or "tokens"
+# (1 x h w x C), which spares the decoder's transpose of the whole embedding on every click
+EMBEDDING_LAYOUTS = io_contract.EMBEDDING_LAYOUTS
+DEFAULT_EMBEDDING_LAYOUT = "nchw"
 
 
 class VerificationError(RuntimeError):
@@ -44,28 +51,65 @@ class VerificationError(RuntimeError):
 
 
 class EncoderGraph(nn.Module):
-    """image (1 x 3 x S x S) -> image_embeddings (1 x C x h x w), the encoder written in `form` (ENCODER_FORMS)."""
+    """image (1 x 3 x S x S) -> image_embeddings (1 x C x h x w, or 1 x h w x C in the tokens layout), the encoder
+    written in `form` (ENCODER_FORMS).
 
-    def __init__(self, model: SamModel, form: str = DEFAULT_ENCODER_FORM) -> None:
+    In the tokens layout the neck's last LayerNorm runs over the tokens' channel axis, right after the neck's last
+    convolution has been laid out as tokens: the same arithmetic, and no transpose after it.
+    """
+
+    def __init__(self, model: SamModel, form: str = DEFAULT_ENCODER_FORM, layout: str = DEFAULT_EMBEDDING_LAYOUT) -> None:
         super().__init__()
         if form not in ENCODER_FORMS:
             raise ValueError(f"unknown encoder form {form!r}; choose from {ENCODER_FORMS}")
+        if layout not in EMBEDDING_LAYOUTS:
+            raise ValueError(f"unknown embedding layout {layout!r}; choose from {EMBEDDING_LAYOUTS}")
         if form == "tokens":
             from .token_encoder import token_encoder
 
             self.image_encoder = token_encoder(model)
         else:
             self.image_encoder = model.image_encoder
+        self.layout = layout
+        self.body, self.final_norm = self.image_encoder, None
+        neck = getattr(self.image_encoder, "neck", None)
+        if layout == "tokens" and isinstance(neck, nn.Sequential) and isinstance(neck[-1], LayerNorm2d):
+            # the same modules (no copies) with the neck's last LayerNorm taken off
+            body = copy.copy(self.image_encoder)
+            body._modules = dict(self.image_encoder._modules)
+            body.neck = neck[:-1]
+            self.body, self.final_norm = body, neck[-1]
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.image_encoder(image)
+        x = self.body(image)
+        if self.layout == "nchw":
+            return x
+        x = x.permute(0, 2, 3, 1).flatten(1, 2)
+        if self.final_norm is not None:
+            norm = self.final_norm
+            x = F.layer_norm(x, tuple(norm.weight.shape), norm.weight, norm.bias, norm.eps)
+        return x
+
+
+def to_layout(embedding: np.ndarray, layout: str) -> np.ndarray:
+    """A 1 x C x h x w embedding in `layout` (EMBEDDING_LAYOUTS)."""
+    if layout == "nchw":
+        return embedding
+    if layout != "tokens":
+        raise ValueError(f"unknown embedding layout {layout!r}; choose from {EMBEDDING_LAYOUTS}")
+    batch, channels = embedding.shape[:2]
+    return np.ascontiguousarray(embedding.reshape(batch, channels, -1).transpose(0, 2, 1))
 
 
 class DecoderGraph(nn.Module):
-    """SAM-convention prompt decoder returning every mask token (see `runtime.contract.decoder_contract`)."""
+    """SAM-convention prompt decoder returning every mask token (see `runtime.contract.decoder_contract`); its
+    image embedding comes in `layout` (EMBEDDING_LAYOUTS)."""
 
-    def __init__(self, model: SamModel) -> None:
+    def __init__(self, model: SamModel, layout: str = DEFAULT_EMBEDDING_LAYOUT) -> None:
         super().__init__()
+        if layout not in EMBEDDING_LAYOUTS:
+            raise ValueError(f"unknown embedding layout {layout!r}; choose from {EMBEDDING_LAYOUTS}")
+        self.layout = layout
         self.prompt_encoder = model.prompt_encoder
         self.mask_decoder = model.mask_decoder
         # The grid's positional encoding is a constant: store it instead of recomputing sin/cos per click.
@@ -81,6 +125,9 @@ class DecoderGraph(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         sparse = self.prompt_encoder.embed_labelled_points(point_coords, point_labels)
         dense = self.prompt_encoder.blend_mask_prompt(mask_input, has_mask_input)
+        if self.layout == "tokens":
+            height, width = self.dense_pe.shape[-2:]
+            image_embeddings = image_embeddings.transpose(1, 2).reshape(1, -1, height, width)
         return self.decode(image_embeddings, sparse, dense)
 
     def decode(self, image_embeddings: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,14 +136,15 @@ class DecoderGraph(nn.Module):
         return iou, masks
 
 
-def encoder_contract(model: SamModel) -> io_contract.GraphContract:
+def encoder_contract(model: SamModel, layout: str = DEFAULT_EMBEDDING_LAYOUT) -> io_contract.GraphContract:
     grid = model.image_encoder.embedding_size[0]
-    return io_contract.encoder_contract(model.image_size, model.prompt_encoder.embed_dim, grid)
+    return io_contract.encoder_contract(model.image_size, model.prompt_encoder.embed_dim, grid, layout)
 
 
-def decoder_contract(model: SamModel) -> io_contract.GraphContract:
+def decoder_contract(model: SamModel, layout: str = DEFAULT_EMBEDDING_LAYOUT) -> io_contract.GraphContract:
     grid = model.prompt_encoder.image_embedding_size[0]
-    return io_contract.decoder_contract(model.prompt_encoder.embed_dim, grid, model.low_res_size, model.mask_decoder.num_mask_tokens)
+    return io_contract.decoder_contract(model.prompt_encoder.embed_dim, grid, model.low_res_size, model.mask_decoder.num_mask_tokens,
+                                        layout)
 
 
 def _example(spec: io_contract.TensorSpec, dims: dict[str, int]) -> torch.Tensor:
@@ -155,25 +203,26 @@ def slim(path: Path) -> dict[str, int]:
 
 
 def export_encoder(model: SamModel, path: str | Path, exporter: str = "torchscript", opset: int = DEFAULT_OPSET,
-                   form: str = DEFAULT_ENCODER_FORM) -> Path:
-    """Write the image encoder graph in `form` (contract: `encoder_contract(model)`)."""
-    return _export(EncoderGraph(model, form), encoder_contract(model), Path(path), exporter, opset)
+                   form: str = DEFAULT_ENCODER_FORM, layout: str = DEFAULT_EMBEDDING_LAYOUT) -> Path:
+    """Write the image encoder graph in `form` (contract: `encoder_contract(model, layout)`)."""
+    return _export(EncoderGraph(model, form, layout), encoder_contract(model, layout), Path(path), exporter, opset)
 
 
-def decoder_module(model: SamModel, form: str = DEFAULT_DECODER_FORM) -> nn.Module:
-    """The export wrapper of the prompt decoder in `form` (one of DECODER_FORMS); both compute the same outputs."""
+def decoder_module(model: SamModel, form: str = DEFAULT_DECODER_FORM, layout: str = DEFAULT_EMBEDDING_LAYOUT) -> nn.Module:
+    """The export wrapper of the prompt decoder in `form` (one of DECODER_FORMS) taking the embedding in `layout`;
+    every form computes the same outputs."""
     from .factored_decoder import FactoredDecoderGraph  # it subclasses DecoderGraph
 
     forms = {"factored": FactoredDecoderGraph, "sam": DecoderGraph}
     if form not in forms:
         raise ValueError(f"unknown decoder form {form!r}; choose from {DECODER_FORMS}")
-    return forms[form](model)
+    return forms[form](model, layout)
 
 
 def export_decoder(model: SamModel, path: str | Path, exporter: str = "torchscript", opset: int = DEFAULT_OPSET,
-                   form: str = DEFAULT_DECODER_FORM) -> Path:
-    """Write the prompt decoder graph (contract: `decoder_contract(model)`) in `form` (see `decoder_module`)."""
-    return _export(decoder_module(model, form), decoder_contract(model), Path(path), exporter, opset)
+                   form: str = DEFAULT_DECODER_FORM, layout: str = DEFAULT_EMBEDDING_LAYOUT) -> Path:
+    """Write the prompt decoder graph (contract: `decoder_contract(model, layout)`) in `form` (see `decoder_module`)."""
+    return _export(decoder_module(model, form, layout), decoder_contract(model, layout), Path(path), exporter, opset)
 
 
 # ------------------------------------------------------------------------------------------ verification
@@ -188,6 +237,13 @@ class Tolerance:
 
 
 FP32 = {"encoder": Tolerance(1e-4, 1e-4), "decoder": Tolerance(1e-4, 1e-4)}
+
+
+def _layout(graph: Any, layout: str | None) -> str:
+    """The embedding layout of `graph`: as given, else its backend contract's, else SAM's."""
+    if layout is not None:
+        return layout
+    return io_contract.embedding_layout(graph.contract) if hasattr(graph, "contract") else DEFAULT_EMBEDDING_LAYOUT
 
 
 def _runner(graph: Any, contract: io_contract.GraphContract) -> Any:
@@ -210,7 +266,8 @@ def _compare(name: str, ours: np.ndarray, ref: np.ndarray, tol: Tolerance | None
         )
 
 
-def verify_encoder(model: SamModel, graph: Any, images: Sequence[np.ndarray], tolerance: Tolerance | None = FP32["encoder"]) -> dict[str, Any]:
+def verify_encoder(model: SamModel, graph: Any, images: Sequence[np.ndarray], tolerance: Tolerance | None = FP32["encoder"],
+                   layout: str | None = None) -> dict[str, Any]:
     """Run the encoder graph and PyTorch on real images; raise VerificationError beyond tolerance.
 
     Args:
@@ -218,11 +275,13 @@ def verify_encoder(model: SamModel, graph: Any, images: Sequence[np.ndarray], to
         graph: an ONNX path (run in onnxruntime) or a runtime backend holding the exported encoder.
         images: H x W x 3 uint8 RGB images, preprocessed with the model's policy.
         tolerance: allowed difference; None only measures (reduced-precision graphs are judged by the accuracy gate).
+        layout: the graph's embedding layout (default: a backend's contract says, else "nchw").
 
     Returns:
         report: images, max abs difference, reference scale, tolerance.
     """
-    runner = _runner(graph, encoder_contract(model))
+    layout = _layout(graph, layout)
+    runner = _runner(graph, encoder_contract(model, layout))
     policy = model.processing_policy()
     report: dict[str, Any] = {"images": len(images)}
     if tolerance is not None:
@@ -230,7 +289,7 @@ def verify_encoder(model: SamModel, graph: Any, images: Sequence[np.ndarray], to
     for image in images:
         tensor, _ = processing.preprocess_image(image, policy)
         with torch.inference_mode():
-            ref = model.encode(torch.from_numpy(tensor)).numpy()
+            ref = to_layout(model.encode(torch.from_numpy(tensor)).numpy(), layout)
         ours = runner.run({io_contract.ENCODER_INPUT: tensor})[io_contract.ENCODER_OUTPUT]
         _compare("embedding_max_abs", ours, ref, tolerance, report)
     return report
@@ -258,13 +317,15 @@ def prompt_cases(image_shape: tuple[int, int], policy: processing.ProcessingPoli
     return cases
 
 
-def verify_decoder(model: SamModel, graph: Any, images: Sequence[np.ndarray], tolerance: Tolerance | None = FP32["decoder"]) -> dict[str, Any]:
+def verify_decoder(model: SamModel, graph: Any, images: Sequence[np.ndarray], tolerance: Tolerance | None = FP32["decoder"],
+                   layout: str | None = None) -> dict[str, Any]:
     """Run the decoder graph and PyTorch on real image embeddings with a mix of prompts; raise beyond tolerance.
 
     Also checks that the thresholded low-res masks agree except where the reference logit is near 0 (only with a
-    tolerance; `graph` as in `verify_encoder`).
+    tolerance; `graph` and `layout` as in `verify_encoder`).
     """
-    runner = _runner(graph, decoder_contract(model))
+    layout = _layout(graph, layout)
+    runner = _runner(graph, decoder_contract(model, layout))
     policy = model.processing_policy()
     graph = DecoderGraph(model).eval()
     report: dict[str, Any] = {"images": len(images), "prompt_sets": 0}
@@ -280,7 +341,7 @@ def verify_decoder(model: SamModel, graph: Any, images: Sequence[np.ndarray], to
             feeds["image_embeddings"] = embedding.numpy()
             with torch.inference_mode():
                 ref_iou, ref_masks = (t.numpy() for t in graph(**{k: torch.from_numpy(v) for k, v in feeds.items()}))
-            outputs = runner.run(feeds)
+            outputs = runner.run({**feeds, "image_embeddings": to_layout(feeds["image_embeddings"], layout)})
             ours_iou, ours_masks = outputs["iou_predictions"], outputs["low_res_masks"]
             _compare("low_res_logits_max_abs", ours_masks, ref_masks, tolerance, report)
             _compare("iou_max_abs", ours_iou, ref_iou, tolerance, report)

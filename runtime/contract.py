@@ -23,6 +23,10 @@ DECODER_OUTPUTS = ("iou_predictions", "low_res_masks")
 # optimisation profiles. Clicks beyond the max are refused with a clear error.
 NUM_POINTS_RANGE = (1, 4, 64)
 
+# How the image embedding passes from encoder to decoder: "nchw" is SAM's 1 x C x h x w; "tokens" is
+# 1 x (h w) x C, row-major over the grid, which the decoder's image-token products read without a transpose.
+EMBEDDING_LAYOUTS = ("nchw", "tokens")
+
 
 @dataclass(frozen=True)
 class TensorSpec:
@@ -110,25 +114,39 @@ class GraphContract:
                 raise InputError(f"{name} = {value} is outside the supported range {low}..{high}")
 
 
-def encoder_contract(input_size: int, embed_dim: int, grid: int) -> GraphContract:
-    """Image encoder: 1 x 3 x S x S float32 preprocessed image -> 1 x C x h x w embedding."""
+def embedding_shape(embed_dim: int, grid: int, layout: str = "nchw") -> tuple[int, ...]:
+    """Shape of the image embedding in `layout` (one of EMBEDDING_LAYOUTS)."""
+    if layout not in EMBEDDING_LAYOUTS:
+        raise ValueError(f"unknown embedding layout {layout!r}; choose from {EMBEDDING_LAYOUTS}")
+    return (1, embed_dim, grid, grid) if layout == "nchw" else (1, grid * grid, embed_dim)
+
+
+def embedding_layout(contract: GraphContract) -> str:
+    """The embedding layout a graph contract uses: "tokens" for a 3-d embedding, else "nchw"."""
+    names = [spec for spec in (*contract.inputs, *contract.outputs) if spec.name == ENCODER_OUTPUT]
+    return "tokens" if names and len(names[0].shape) == 3 else "nchw"
+
+
+def encoder_contract(input_size: int, embed_dim: int, grid: int, layout: str = "nchw") -> GraphContract:
+    """Image encoder: 1 x 3 x S x S float32 preprocessed image -> embedding (1 x C x h x w, or 1 x h w x C in the
+    tokens layout)."""
     return GraphContract(
         inputs=(TensorSpec(ENCODER_INPUT, "float32", (1, 3, input_size, input_size)),),
-        outputs=(TensorSpec(ENCODER_OUTPUT, "float32", (1, embed_dim, grid, grid)),),
+        outputs=(TensorSpec(ENCODER_OUTPUT, "float32", embedding_shape(embed_dim, grid, layout)),),
     )
 
 
-def decoder_contract(embed_dim: int, grid: int, low_res_size: int, num_mask_tokens: int) -> GraphContract:
+def decoder_contract(embed_dim: int, grid: int, low_res_size: int, num_mask_tokens: int, layout: str = "nchw") -> GraphContract:
     """Prompt decoder in SAM's ONNX convention.
 
-    Inputs: image_embeddings 1 x C x h x w; point_coords 1 x N x 2 (model-frame x, y); point_labels 1 x N
+    Inputs: image_embeddings 1 x C x h x w (1 x h w x C in the tokens layout); point_coords 1 x N x 2 (model-frame x, y); point_labels 1 x N
     (1 fg, 0 bg, -1 padding, 2 / 3 box corners); mask_input 1 x 1 x L x L; has_mask_input (1,) 0 or 1.
     Outputs: iou_predictions 1 x T and low_res_masks 1 x T x L x L for all T mask tokens: token 0 is the
     single-mask output, tokens 1.. the multimask candidates (`candidates` says which).
     """
     return GraphContract(
         inputs=(
-            TensorSpec("image_embeddings", "float32", (1, embed_dim, grid, grid)),
+            TensorSpec("image_embeddings", "float32", embedding_shape(embed_dim, grid, layout)),
             TensorSpec("point_coords", "float32", (1, "num_points", 2)),
             TensorSpec("point_labels", "float32", (1, "num_points")),
             TensorSpec("mask_input", "float32", (1, 1, low_res_size, low_res_size)),

@@ -94,13 +94,42 @@ def test_same_outputs_lite_medsam_released_weights(lite_medsam_model):
     _same_outputs(lite_medsam_model, embedding)
 
 
+@pytest.mark.parametrize("layout", graphs.EMBEDDING_LAYOUTS)
 @pytest.mark.parametrize("form", graphs.DECODER_FORMS)
-def test_exported_forms_verify_in_onnxruntime(tiny_model, tmp_path, form):
-    path = graphs.export_decoder(tiny_model, tmp_path / f"{form}.onnx", form=form)
+def test_exported_forms_verify_in_onnxruntime(tiny_model, tmp_path, form, layout):
+    path = graphs.export_decoder(tiny_model, tmp_path / f"{form}.onnx", form=form, layout=layout)
     graphs.slim(path)
     images = [phantom(90 + 30 * i, seed=i)[0] for i in range(2)]
-    report = graphs.verify_decoder(tiny_model, path, images)
+    report = graphs.verify_decoder(tiny_model, path, images, layout=layout)
     assert report["prompt_sets"] == 10 and report["mask_pixels_flipped"] == 0
+
+
+def test_tokens_layout_decoder_reads_the_embedding_without_a_transpose(lite_medsam_model, tmp_path):
+    """In the tokens layout the decoder reads the 1 x N x C embedding as it comes. Its only C x N-sized transpose is
+    the mask prompt's last convolution switching to tokens right after the convolution (OpenVINO folds that into
+    the convolution's channels-last output); the nchw layout transposes the embedding-plus-prompt sum, which cost
+    1.7 ms of an OpenVINO click (docs/exporters.md#embedding-layout). The N x C -> C x N ones that feed products
+    as their second operand exist in both layouts."""
+    import onnx
+    from onnx import shape_inference
+
+    channels, grid = 256, 64 * 64
+    sources = {}
+    for layout in graphs.EMBEDDING_LAYOUTS:
+        path = graphs.export_decoder(lite_medsam_model, tmp_path / f"{layout}.onnx", layout=layout)
+        graphs.slim(path)
+        model = shape_inference.infer_shapes(onnx.load(str(path)))
+        shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in model.graph.value_info}
+        producer = {out: node.op_type for node in model.graph.node for out in node.output}
+        sources[layout] = [producer.get(n.input[0]) for n in model.graph.node if n.op_type == "Transpose"
+                           and shapes.get(n.input[0]) in ([channels, grid], [1, channels, 64, 64], [1, channels, grid])]
+    assert sources["nchw"] and "Conv" not in sources["nchw"], sources
+    assert sources["tokens"] == ["Conv"], sources
+
+
+def test_unknown_layout_is_refused(tiny_model, tmp_path):
+    with pytest.raises(ValueError, match="unknown embedding layout 'nhwc'"):
+        graphs.export_decoder(tiny_model, tmp_path / "x.onnx", layout="nhwc")
 
 
 def test_unknown_form_is_refused(tiny_model, tmp_path):

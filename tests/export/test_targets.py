@@ -117,6 +117,15 @@ def test_openvino_fp32_matches_torch(tiny_model, tmp_path):
     ours = runtime.predict(point_coords=[[40, 30]], point_labels=[1])[2]
     np.testing.assert_allclose(ours, reference.predict(point_coords=[[40, 30]], point_labels=[1])[2], atol=1e-4, rtol=1e-4)
     assert manifest["graphs"]["decoder"]["conversion"]["weights"] == "fp32"
+    # the OpenVINO targets pass the embedding as 1 x h w x C tokens, and record it
+    assert {entry["embedding_layout"] for entry in manifest["graphs"].values()} == {"tokens"}
+    embedding, _ = runtime._current()
+    assert embedding.ndim == 3 and embedding.shape[1] == np.prod(tiny_model.prompt_encoder.image_embedding_size)
+    # OpenVINO reads the feeds in place: the cached embedding stays as it was
+    before = embedding.copy()
+    for _ in range(3):
+        runtime.predict(point_coords=[[40, 30]], point_labels=[1], mask_input=runtime.predict(point_coords=[[40, 30]], point_labels=[1])[2][:1])
+    np.testing.assert_array_equal(embedding, before)
     # weights read into memory (the default) or mapped from the file: the same results
     assert runtime.decoder.describe()["mmap"] is False
     mapped = Predictor.from_bundle(result.path, mmap=True)

@@ -75,11 +75,31 @@ def test_model_is_left_unchanged():
     assert any(isinstance(m, WindowAttention) for m in model.image_encoder.modules())
 
 
-def test_exported_token_form_verifies_in_onnxruntime(lite_medsam_model, tmp_path):
-    path = graphs.export_encoder(lite_medsam_model, tmp_path / "encoder.onnx", form="tokens")
+@pytest.mark.parametrize("layout", graphs.EMBEDDING_LAYOUTS)
+def test_exported_token_form_verifies_in_onnxruntime(lite_medsam_model, tmp_path, layout):
+    path = graphs.export_encoder(lite_medsam_model, tmp_path / "encoder.onnx", form="tokens", layout=layout)
     graphs.slim(path)
-    report = graphs.verify_encoder(lite_medsam_model, path, _images())
+    report = graphs.verify_encoder(lite_medsam_model, path, _images(), layout=layout)
     assert report["images"] == 2, report
+
+
+def test_tokens_layout_ends_with_the_neck_norm_over_channels(lite_medsam_model, tmp_path):
+    """In the tokens layout the neck's last LayerNorm runs on 1 x N x C tokens: the switch to tokens comes right
+    after the neck's last convolution (which OpenVINO folds into the convolution's own channels-last layout), not
+    as a transpose of the normalised output."""
+    import onnx
+
+    path = graphs.export_encoder(lite_medsam_model, tmp_path / "encoder.onnx", form="tokens", layout="tokens")
+    graphs.slim(path)
+    model = onnx.load(str(path))
+    producer = {out: node for node in model.graph.node for out in node.output}
+    last = producer[model.graph.output[0].name]
+    ops = []
+    while last is not None and len(ops) < 4:
+        ops.append(last.op_type)
+        last = producer.get(last.input[0])
+    assert ops == ["LayerNormalization", "Reshape", "Transpose", "Conv"], ops
+    assert [d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim] == [1, 64 * 64, 256]
 
 
 def test_vit_has_no_token_form(tiny_model, tmp_path):
