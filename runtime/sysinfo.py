@@ -9,11 +9,18 @@ from pathlib import Path
 
 
 def cpu_name() -> str:
-    """Processor model name (Linux /proc/cpuinfo), else the machine type."""
+    """Processor model name with its family / model numbers (Linux /proc/cpuinfo: a VM's name alone, such as
+    "AMD EPYC", does not tell one generation from another), else the machine type."""
     try:
+        fields: dict[str, str] = {}
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            if not key.strip() and fields:
+                break  # the first processor's block is enough
+            fields.setdefault(key.strip(), value.strip())
+        if "model name" in fields:
+            ident = ", ".join(f"{key} {fields[key]}" for key in ("cpu family", "model") if fields.get(key))
+            return f"{fields['model name']} ({ident})" if ident else fields["model name"]
     except OSError:
         pass
     return platform.processor() or platform.machine()
