@@ -29,7 +29,8 @@ from sammed_edge.export.bundler import TARGETS, BuildOptions, build_bundle
 from sammed_edge.export.calibration import calibration_set
 from sammed_edge.export.gate import GateError
 from sammed_edge.export.quantize import OPENVINO_PRESETS
-from sammed_edge.export.graphs import DECODER_FORMS, EMBEDDING_LAYOUTS, ENCODER_FORMS, EXPORTERS, VerificationError
+from sammed_edge.export.graphs import (DECODER_FORMS, EMBEDDING_LAYOUTS, ENCODER_FORMS, EXPORTERS, SOFTMAX_PLACEMENTS,
+                                       VerificationError)
 from sammed_edge.export import pipeline
 from sammed_edge.export.models import list_models, load_model
 from sammed_edge.export.models.registry import MODELS
@@ -99,6 +100,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="how the image embedding passes from encoder to decoder. auto: the target's measured choice "
                              "(tokens for the OpenVINO targets); nchw: SAM's 1 x C x h x w; tokens: 1 x h w x C, which the "
                              "decoder reads without a transpose (docs/exporters.md)")
+    parser.add_argument("--decoder-softmax", choices=("auto",) + SOFTMAX_PLACEMENTS, default=BuildOptions.decoder_softmax,
+                        help="where the factored decoder's token -> image attentions normalise their softmax. auto: the "
+                             "target's measured choice; inside: between the two products (onnxruntime fuses it into "
+                             "one attention kernel); after: the second product divided by the sums (OpenVINO) "
+                             "(docs/exporters.md)")
     parser.add_argument("--verify-images", type=int, default=BuildOptions.verify_images, help="real images used by the checks")
     parser.add_argument("--data", type=Path, help="image folder in SAM-Med2D's layout for the checks")
     parser.add_argument("--calib", type=Path, help="calibration source: a dataset in SAM-Med2D's layout or a folder of images "
@@ -145,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint = args.checkpoint or name
     options = BuildOptions(exporter=args.exporter, opset=args.opset, slim=not args.no_slim, verify_images=args.verify_images,
                            fuse=not args.no_fuse, gate=not args.no_gate, decoder_form=args.decoder_form,
-                           encoder_form=args.encoder_form, embedding_layout=args.embedding_layout, nncf_preset=args.nncf_preset)
+                           encoder_form=args.encoder_form, embedding_layout=args.embedding_layout,
+                           decoder_softmax=args.decoder_softmax, nncf_preset=args.nncf_preset)
     stages: list[pipeline.Stage] = []
     if args.finetune_data or args.distill:
         chain = pipeline.ChainOptions(

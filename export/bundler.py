@@ -68,6 +68,8 @@ class Target:
             (`graphs.ENCODER_FORMS`; chosen by measurement, docs/exporters.md).
         embedding_layout: how the embedding passes from encoder to decoder (`graphs.EMBEDDING_LAYOUTS`; chosen by
             measurement, docs/exporters.md#embedding-layout).
+        decoder_softmax: where the factored decoder's token -> image attentions normalise their softmax
+            (`graphs.SOFTMAX_PLACEMENTS`; chosen by measurement, docs/exporters.md#embedding-layout).
     """
 
     name: str
@@ -79,6 +81,7 @@ class Target:
     requires: tuple[str, ...] = ("onnx", "onnxruntime")
     encoder_form: str = graphs.DEFAULT_ENCODER_FORM
     embedding_layout: str = graphs.DEFAULT_EMBEDDING_LAYOUT
+    decoder_softmax: str = graphs.DEFAULT_SOFTMAX
 
     def plan(self, graph: str) -> GraphPlan:
         return self.encoder if graph == "encoder" else self.decoder
@@ -118,15 +121,15 @@ TARGETS: dict[str, Target] = {
                         "onnxruntime, encoder statically quantized to int8 (u8s8 QDQ), decoder fp32",
                         requires=("onnx", "onnxruntime")),
     "ov-fp32": Target("ov-fp32", "openvino", "openvino", FP32, FP32, "OpenVINO IR, fp32",
-                      requires=("onnx", "onnxruntime", "openvino"), encoder_form="tokens", embedding_layout="tokens"),
+                      requires=("onnx", "onnxruntime", "openvino"), encoder_form="tokens", embedding_layout="tokens", decoder_softmax="after"),
     "ov-int8": Target("ov-int8", "openvino", "openvino", GraphPlan("int8", BF16_OR_FP32), GraphPlan("bf16", BF16_OR_FP32),
                       "OpenVINO IR, encoder int8 by NNCF post-training quantization, other layers and the decoder "
                       "in bf16 where the CPU has AVX512-BF16 / AMX (else fp32)",
-                      requires=("onnx", "onnxruntime", "openvino", "nncf"), encoder_form="tokens", embedding_layout="tokens"),
+                      requires=("onnx", "onnxruntime", "openvino", "nncf"), encoder_form="tokens", embedding_layout="tokens", decoder_softmax="after"),
     "ov-bf16": Target("ov-bf16", "openvino", "openvino", GraphPlan("bf16", {"inference_precision": "bf16"}),
                       GraphPlan("bf16", {"inference_precision": "bf16"}),
                       "OpenVINO IR run in bf16 (needs AVX512-BF16 / AMX)",
-                      requires=("onnx", "onnxruntime", "openvino"), encoder_form="tokens", embedding_layout="tokens"),
+                      requires=("onnx", "onnxruntime", "openvino"), encoder_form="tokens", embedding_layout="tokens", decoder_softmax="after"),
     "trt-fp16": Target("trt-fp16", "tensorrt", "tensorrt", GraphPlan("fp16"), GraphPlan("fp16"),
                        "TensorRT engines (NVIDIA GPU), fp16 with LayerNorm / Softmax pinned to fp32",
                        requires=("onnx", "onnxruntime", "tensorrt", "cuda")),
@@ -155,12 +158,13 @@ class BuildOptions:
     decoder_form: str = graphs.DEFAULT_DECODER_FORM
     encoder_form: str = "auto"  # "auto": the target's form (Target.encoder_form), else one of graphs.ENCODER_FORMS
     embedding_layout: str = "auto"  # "auto": the target's (Target.embedding_layout), else one of graphs.EMBEDDING_LAYOUTS
+    decoder_softmax: str = "auto"  # "auto": the target's (Target.decoder_softmax), else one of graphs.SOFTMAX_PLACEMENTS
 
     def exporter_record(self) -> dict[str, Any]:
         """The export settings as the manifest's provenance records them."""
         return {"kind": self.exporter, "opset": self.opset, "onnxslim": self.slim, "fuse_attention": self.fuse,
                 "decoder_form": self.decoder_form, "encoder_form": self.encoder_form, "embedding_layout": self.embedding_layout,
-                "nncf_preset": self.nncf_preset}
+                "decoder_softmax": self.decoder_softmax, "nncf_preset": self.nncf_preset}
 
 
 def embedding_layout(target: Target, options: BuildOptions) -> str:
@@ -169,6 +173,15 @@ def embedding_layout(target: Target, options: BuildOptions) -> str:
     if layout not in graphs.EMBEDDING_LAYOUTS:
         raise ValueError(f"unknown embedding layout {layout!r}; choose from {graphs.EMBEDDING_LAYOUTS}")
     return layout
+
+
+def decoder_softmax(target: Target, options: BuildOptions) -> str:
+    """Where the factored decoder normalises its token -> image softmax: the requested place, or for "auto" the
+    target's."""
+    place = target.decoder_softmax if options.decoder_softmax == "auto" else options.decoder_softmax
+    if place not in graphs.SOFTMAX_PLACEMENTS:
+        raise ValueError(f"unknown softmax placement {place!r}; choose from {graphs.SOFTMAX_PLACEMENTS}")
+    return place
 
 
 def encoder_form(model: SamModel, target: Target, options: BuildOptions) -> str:
@@ -417,15 +430,18 @@ def build_bundle(
     try:
         exported: dict[str, dict[str, Any]] = {}
         form = encoder_form(model, target, options)
-        layout = embedding_layout(target, options)
+        layout, softmax = embedding_layout(target, options), decoder_softmax(target, options)
         for name, export in (("encoder", functools.partial(graphs.export_encoder, form=form, layout=layout)),
-                             ("decoder", functools.partial(graphs.export_decoder, form=options.decoder_form, layout=layout))):
+                             ("decoder", functools.partial(graphs.export_decoder, form=options.decoder_form, layout=layout,
+                                                           softmax=softmax))):
             done = _step(f"export {name}", seconds)
             path = export(model, fp32_dir / f"{name}.onnx", exporter=options.exporter, opset=options.opset)
             exported[name] = {"onnxslim": graphs.slim(path) if options.slim else None}
             done()
         exported["encoder"]["form"] = form
         exported["decoder"]["form"] = options.decoder_form
+        if options.decoder_form == "factored":
+            exported["decoder"]["softmax"] = softmax
         for name in GRAPHS:
             exported[name]["embedding_layout"] = layout
         verification: dict[str, Any] = {}

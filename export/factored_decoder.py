@@ -9,7 +9,8 @@ token -> image (T queries q_h, keys and values from the image x, N x C):
     scores_h = q_h (x W_kh^T + b_kh)^T = (q_h W_kh) x^T + (q_h b_kh)       the last term is the same for every
                                                                            image token: softmax drops it
     out_h    = P_h (x W_vh^T + b_vh) = (P_h x) W_vh^T + b_vh                  rows of P_h sum to 1
-    with P_h x = (E_h x) / rowsum(E_h), E_h = exp(scores_h - rowmax): the softmax normalised after the product
+    (P_h x may also be computed as (E_h x) / rowsum(E_h), E_h = exp(scores_h - rowmax): the softmax normalised
+    after the product, SOFTMAX_PLACEMENTS)
 image -> token (N queries from the image x, keys k_h and values v_h from the T tokens):
     scores_h = (x W_qh^T + b_qh) k_h^T = x (W_qh^T k_h^T) + b_qh k_h^T
     out      = sum_h A_h v_h W_oh^T + b_o = [A_1 .. A_H] [v_1 W_o1^T; ..; v_H W_oH^T] + b_o
@@ -42,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .graphs import DecoderGraph
+from .graphs import SOFTMAX_PLACEMENTS, DecoderGraph
 from .models.sam import SamModel
 from .models.transformer import Attention
 
@@ -53,12 +54,14 @@ def _head_rows(linear: nn.Linear, heads: int) -> tuple[torch.Tensor, torch.Tenso
     return linear.weight.reshape(heads, width // heads, channels), linear.bias.reshape(heads, width // heads)
 
 
-def token_to_image(attn: Attention, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+def token_to_image(attn: Attention, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, softmax: str = "inside") -> torch.Tensor:
     """`attn(queries, keys, values)` for T token queries over N image tokens, in O(N C H T).
 
     Args:
         queries: T x C prompt tokens (with their positional encoding).
         keys: N x C image tokens with their positional encoding; values: N x C image tokens.
+        softmax: "inside", a softmax between the two products (onnxruntime's attention fusion matches it), or
+            "after", its normalisation after the second product (OpenVINO, SOFTMAX_PLACEMENTS).
 
     Returns:
         T x C.
@@ -71,10 +74,12 @@ def token_to_image(attn: Attention, queries: torch.Tensor, keys: torch.Tensor, v
     channels = w_k.shape[2]
     q_k = torch.bmm(q.reshape(tokens, heads, head_dim).transpose(0, 1), w_k) / math.sqrt(head_dim)  # H x T x C
     scores = q_k.reshape(heads * tokens, channels) @ keys.T  # H T x N
-    # softmax with its normalisation after the product (the same sums): OpenVINO would otherwise fuse
-    # product-softmax-product into one attention node that ran 0.8 against 0.45 ms for the three parts
-    weights = torch.exp(scores - scores.amax(-1, keepdim=True))
-    pooled = ((weights @ values) / weights.sum(-1, keepdim=True)).reshape(heads, tokens, channels)
+    if softmax == "after":
+        weights = torch.exp(scores - scores.amax(-1, keepdim=True))
+        pooled = (weights @ values) / weights.sum(-1, keepdim=True)
+    else:
+        pooled = torch.softmax(scores, dim=-1) @ values
+    pooled = pooled.reshape(heads, tokens, channels)
     w_v, b_v = _head_rows(attn.v_proj, heads)
     out = torch.bmm(pooled, w_v.transpose(1, 2)) + b_v[:, None, :]  # H x T x d
     return attn.out_proj(out.transpose(0, 1).reshape(tokens, width))
@@ -109,12 +114,21 @@ def image_to_token(attn: Attention, queries: torch.Tensor, keys: torch.Tensor, v
     return probs.reshape(points, heads * tokens) @ mixed + attn.out_proj.bias
 
 
+# SOFTMAX_PLACEMENTS, where the token -> image attentions normalise their softmax: "inside" (between the two
+# products, the pattern onnxruntime's attention fusion, kernels/onnx, turns into one kernel) or "after" (the
+# second product's rows divided by the sums: the same sums; OpenVINO's CPU plugin would otherwise fuse the three
+# parts into one attention node that ran 0.8 against 0.45 ms for them, docs/exporters.md#embedding-layout).
+
+
 class FactoredDecoderGraph(DecoderGraph):
     """`graphs.DecoderGraph` (same inputs, prompt embedding and outputs) with its decoding computed as the module
-    docstring explains."""
+    docstring explains; `softmax` is one of SOFTMAX_PLACEMENTS."""
 
-    def __init__(self, model: SamModel, layout: str = "nchw") -> None:
+    def __init__(self, model: SamModel, layout: str = "nchw", softmax: str = "inside") -> None:
         super().__init__(model, layout)
+        if softmax not in SOFTMAX_PLACEMENTS:
+            raise ValueError(f"unknown softmax placement {softmax!r}; choose from {SOFTMAX_PLACEMENTS}")
+        self.softmax = softmax
         self.grid = tuple(model.prompt_encoder.image_embedding_size)
         # persistent: exported as one initializer that every layer reads, not a constant copied per use
         self.register_buffer("key_pe", self.dense_pe.flatten(2)[0].T.contiguous())  # N x C
@@ -167,10 +181,12 @@ class FactoredDecoderGraph(DecoderGraph):
                 queries = queries + layer.self_attn(q[None], q[None], queries[None])[0]
             queries = layer.norm1(queries)
             k = keys + self.key_pe
-            queries = layer.norm2(queries + token_to_image(layer.cross_attn_token_to_image, queries + token_pe, k, keys))
+            attended = token_to_image(layer.cross_attn_token_to_image, queries + token_pe, k, keys, self.softmax)
+            queries = layer.norm2(queries + attended)
             queries = layer.norm3(queries + layer.mlp(queries))
             keys = layer.norm4(keys + image_to_token(layer.cross_attn_image_to_token, k, queries + token_pe, queries))
-        final = token_to_image(transformer.final_attn_token_to_image, queries + token_pe, keys + self.key_pe, keys)
+        final = token_to_image(transformer.final_attn_token_to_image, queries + token_pe, keys + self.key_pe, keys,
+                               self.softmax)
         queries = transformer.norm_final_attn(queries + final)
 
         iou = decoder.iou_prediction_head(queries[0:1])

@@ -44,6 +44,9 @@ DEFAULT_ENCODER_FORM = "model"
 # (1 x h w x C), which spares the decoder's transpose of the whole embedding on every click
 EMBEDDING_LAYOUTS = io_contract.EMBEDDING_LAYOUTS
 DEFAULT_EMBEDDING_LAYOUT = "nchw"
+# where the factored decoder's token -> image attentions normalise their softmax (factored_decoder.SOFTMAX_PLACEMENTS)
+SOFTMAX_PLACEMENTS = ("inside", "after")
+DEFAULT_SOFTMAX = "inside"
 
 
 class VerificationError(RuntimeError):
@@ -208,21 +211,23 @@ def export_encoder(model: SamModel, path: str | Path, exporter: str = "torchscri
     return _export(EncoderGraph(model, form, layout), encoder_contract(model, layout), Path(path), exporter, opset)
 
 
-def decoder_module(model: SamModel, form: str = DEFAULT_DECODER_FORM, layout: str = DEFAULT_EMBEDDING_LAYOUT) -> nn.Module:
+def decoder_module(model: SamModel, form: str = DEFAULT_DECODER_FORM, layout: str = DEFAULT_EMBEDDING_LAYOUT,
+                   softmax: str = DEFAULT_SOFTMAX) -> nn.Module:
     """The export wrapper of the prompt decoder in `form` (one of DECODER_FORMS) taking the embedding in `layout`;
-    every form computes the same outputs."""
+    every form computes the same outputs. `softmax` (SOFTMAX_PLACEMENTS) applies to the factored form."""
     from .factored_decoder import FactoredDecoderGraph  # it subclasses DecoderGraph
 
-    forms = {"factored": FactoredDecoderGraph, "sam": DecoderGraph}
-    if form not in forms:
-        raise ValueError(f"unknown decoder form {form!r}; choose from {DECODER_FORMS}")
-    return forms[form](model, layout)
+    if form == "factored":
+        return FactoredDecoderGraph(model, layout, softmax)
+    if form == "sam":
+        return DecoderGraph(model, layout)
+    raise ValueError(f"unknown decoder form {form!r}; choose from {DECODER_FORMS}")
 
 
 def export_decoder(model: SamModel, path: str | Path, exporter: str = "torchscript", opset: int = DEFAULT_OPSET,
-                   form: str = DEFAULT_DECODER_FORM, layout: str = DEFAULT_EMBEDDING_LAYOUT) -> Path:
+                   form: str = DEFAULT_DECODER_FORM, layout: str = DEFAULT_EMBEDDING_LAYOUT, softmax: str = DEFAULT_SOFTMAX) -> Path:
     """Write the prompt decoder graph (contract: `decoder_contract(model, layout)`) in `form` (see `decoder_module`)."""
-    return _export(decoder_module(model, form, layout), decoder_contract(model, layout), Path(path), exporter, opset)
+    return _export(decoder_module(model, form, layout, softmax), decoder_contract(model, layout), Path(path), exporter, opset)
 
 
 # ------------------------------------------------------------------------------------------ verification

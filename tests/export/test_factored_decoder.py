@@ -94,10 +94,13 @@ def test_same_outputs_lite_medsam_released_weights(lite_medsam_model):
     _same_outputs(lite_medsam_model, embedding)
 
 
+@pytest.mark.parametrize("softmax", graphs.SOFTMAX_PLACEMENTS)
 @pytest.mark.parametrize("layout", graphs.EMBEDDING_LAYOUTS)
 @pytest.mark.parametrize("form", graphs.DECODER_FORMS)
-def test_exported_forms_verify_in_onnxruntime(tiny_model, tmp_path, form, layout):
-    path = graphs.export_decoder(tiny_model, tmp_path / f"{form}.onnx", form=form, layout=layout)
+def test_exported_forms_verify_in_onnxruntime(tiny_model, tmp_path, form, layout, softmax):
+    if form == "sam" and softmax != graphs.DEFAULT_SOFTMAX:
+        pytest.skip("the placement applies to the factored form only")
+    path = graphs.export_decoder(tiny_model, tmp_path / f"{form}.onnx", form=form, layout=layout, softmax=softmax)
     graphs.slim(path)
     images = [phantom(90 + 30 * i, seed=i)[0] for i in range(2)]
     report = graphs.verify_decoder(tiny_model, path, images, layout=layout)
@@ -130,6 +133,23 @@ def test_tokens_layout_decoder_reads_the_embedding_without_a_transpose(lite_meds
 def test_unknown_layout_is_refused(tiny_model, tmp_path):
     with pytest.raises(ValueError, match="unknown embedding layout 'nhwc'"):
         graphs.export_decoder(tiny_model, tmp_path / "x.onnx", layout="nhwc")
+    with pytest.raises(ValueError, match="unknown softmax placement 'late'"):
+        graphs.export_decoder(tiny_model, tmp_path / "x.onnx", softmax="late")
+
+
+def test_softmax_after_leaves_only_the_image_to_token_softmaxes(lite_medsam_model, tmp_path):
+    """With the token -> image softmaxes normalised after their products, the graph keeps a Softmax only in the two
+    image -> token attentions (and in the prompt tokens' self-attentions), so OpenVINO finds no
+    product-softmax-product over the image tokens to fuse."""
+    import onnx
+
+    counts = {}
+    for place in graphs.SOFTMAX_PLACEMENTS:
+        path = graphs.export_decoder(lite_medsam_model, tmp_path / f"{place}.onnx", softmax=place)
+        graphs.slim(path)
+        counts[place] = sum(node.op_type == "Softmax" for node in onnx.load(str(path)).graph.node)
+    token_to_image = 2 + 1  # two layers and the final attention
+    assert counts["inside"] - counts["after"] == token_to_image, counts
 
 
 def test_unknown_form_is_refused(tiny_model, tmp_path):

@@ -89,6 +89,8 @@ def test_onnx_int8_is_gated_and_runs_int8_kernels(tiny_model, tmp_path):
     assert gate["ground_truth"] == "fp32 predictions" and set(gate["drop"]) == {"box", "points1"}
     assert manifest["verification"]["encoder"]["judged_by"] == "accuracy gate"
     assert manifest["provenance"]["calibration"]["source"] == "synthetic phantoms"
+    # the onnxruntime targets keep SAM's embedding layout and the softmax their attention fusion matches
+    assert {e["embedding_layout"] for e in manifest["graphs"].values()} == {"nchw"} and manifest["graphs"]["decoder"]["softmax"] == "inside"
     predictor = Predictor.from_bundle(result.path)
     predictor.set_image(phantom(100)[0])
     masks, _, _ = predictor.predict(box=[10, 10, 80, 80])
@@ -119,6 +121,7 @@ def test_openvino_fp32_matches_torch(tiny_model, tmp_path):
     assert manifest["graphs"]["decoder"]["conversion"]["weights"] == "fp32"
     # the OpenVINO targets pass the embedding as 1 x h w x C tokens, and record it
     assert {entry["embedding_layout"] for entry in manifest["graphs"].values()} == {"tokens"}
+    assert manifest["graphs"]["decoder"]["softmax"] == "after"
     embedding, _ = runtime._current()
     assert embedding.ndim == 3 and embedding.shape[1] == np.prod(tiny_model.prompt_encoder.image_embedding_size)
     # OpenVINO reads the feeds in place: the cached embedding stays as it was
