@@ -102,9 +102,9 @@ def main(argv: list[str] | None = None) -> int:
                              "decoder reads without a transpose (docs/exporters.md)")
     parser.add_argument("--decoder-softmax", choices=("auto",) + SOFTMAX_PLACEMENTS, default=BuildOptions.decoder_softmax,
                         help="where the factored decoder's token -> image attentions normalise their softmax. auto: the "
-                             "target's measured choice; inside: between the two products (onnxruntime fuses it into "
-                             "one attention kernel); after: the second product divided by the sums (OpenVINO) "
-                             "(docs/exporters.md)")
+                             "target's measured choice; inside: between the two products, as SAM writes it (the "
+                             "onnxruntime targets); after: the second product divided by the sums (the OpenVINO "
+                             "targets, where it is faster) (docs/exporters.md)")
     parser.add_argument("--verify-images", type=int, default=BuildOptions.verify_images, help="real images used by the checks")
     parser.add_argument("--data", type=Path, help="image folder in SAM-Med2D's layout for the checks")
     parser.add_argument("--calib", type=Path, help="calibration source: a dataset in SAM-Med2D's layout or a folder of images "

@@ -167,21 +167,23 @@ class BuildOptions:
                 "decoder_softmax": self.decoder_softmax, "nncf_preset": self.nncf_preset}
 
 
+def _chosen(target: Target, options: BuildOptions, name: str, choices: tuple[str, ...]) -> str:
+    """Option `name` of the build: the requested value, or for "auto" the target's (both must be in `choices`)."""
+    value = getattr(options, name)
+    value = getattr(target, name) if value == "auto" else value
+    if value not in choices:
+        raise ValueError(f"unknown {name.replace('_', ' ')} {value!r}; choose from {choices}")
+    return value
+
+
 def embedding_layout(target: Target, options: BuildOptions) -> str:
-    """The embedding layout between the bundle's graphs: the requested one, or for "auto" the target's."""
-    layout = target.embedding_layout if options.embedding_layout == "auto" else options.embedding_layout
-    if layout not in graphs.EMBEDDING_LAYOUTS:
-        raise ValueError(f"unknown embedding layout {layout!r}; choose from {graphs.EMBEDDING_LAYOUTS}")
-    return layout
+    """The embedding layout between the bundle's graphs (graphs.EMBEDDING_LAYOUTS)."""
+    return _chosen(target, options, "embedding_layout", graphs.EMBEDDING_LAYOUTS)
 
 
 def decoder_softmax(target: Target, options: BuildOptions) -> str:
-    """Where the factored decoder normalises its token -> image softmax: the requested place, or for "auto" the
-    target's."""
-    place = target.decoder_softmax if options.decoder_softmax == "auto" else options.decoder_softmax
-    if place not in graphs.SOFTMAX_PLACEMENTS:
-        raise ValueError(f"unknown softmax placement {place!r}; choose from {graphs.SOFTMAX_PLACEMENTS}")
-    return place
+    """Where the factored decoder normalises its token -> image softmax (graphs.SOFTMAX_PLACEMENTS)."""
+    return _chosen(target, options, "decoder_softmax", graphs.SOFTMAX_PLACEMENTS)
 
 
 def encoder_form(model: SamModel, target: Target, options: BuildOptions) -> str:

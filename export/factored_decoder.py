@@ -60,8 +60,8 @@ def token_to_image(attn: Attention, queries: torch.Tensor, keys: torch.Tensor, v
     Args:
         queries: T x C prompt tokens (with their positional encoding).
         keys: N x C image tokens with their positional encoding; values: N x C image tokens.
-        softmax: "inside", a softmax between the two products (onnxruntime's attention fusion matches it), or
-            "after", its normalisation after the second product (OpenVINO, SOFTMAX_PLACEMENTS).
+        softmax: "inside", a softmax between the two products, or "after", its normalisation after the second
+            product (graphs.SOFTMAX_PLACEMENTS).
 
     Returns:
         T x C.
@@ -114,12 +114,6 @@ def image_to_token(attn: Attention, queries: torch.Tensor, keys: torch.Tensor, v
     return probs.reshape(points, heads * tokens) @ mixed + attn.out_proj.bias
 
 
-# SOFTMAX_PLACEMENTS, where the token -> image attentions normalise their softmax: "inside" (between the two
-# products, the pattern onnxruntime's attention fusion, kernels/onnx, turns into one kernel) or "after" (the
-# second product's rows divided by the sums: the same sums; OpenVINO's CPU plugin would otherwise fuse the three
-# parts into one attention node that ran 0.8 against 0.45 ms for them, docs/exporters.md#embedding-layout).
-
-
 class FactoredDecoderGraph(DecoderGraph):
     """`graphs.DecoderGraph` (same inputs, prompt embedding and outputs) with its decoding computed as the module
     docstring explains; `softmax` is one of SOFTMAX_PLACEMENTS."""
@@ -152,15 +146,11 @@ class FactoredDecoderGraph(DecoderGraph):
                 mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.layout == "nchw":
             return super().forward(image_embeddings, point_coords, point_labels, mask_input, has_mask_input)
-        # tokens layout: the mask prompt's last convolution goes channels-last right after it, and is added to the
-        # 1 x N x C embedding as it comes, so no image-sized tensor is transposed
-        prompt_encoder = self.prompt_encoder
-        sparse = prompt_encoder.embed_labelled_points(point_coords, point_labels)
-        masks = prompt_encoder.embed_masks(mask_input)
-        channels = masks.shape[1]
-        weight = has_mask_input.reshape(1, 1)
-        dense = weight * masks.permute(0, 2, 3, 1).reshape(-1, channels) + (1 - weight) * prompt_encoder.no_mask_embed.weight
-        return self.decode_tokens(image_embeddings[0] + dense, sparse)
+        # tokens layout: the mask prompt's embedding comes as tokens too and is added to the 1 x N x C embedding as
+        # it comes, so no image-sized tensor is transposed
+        sparse = self.prompt_encoder.embed_labelled_points(point_coords, point_labels)
+        dense = self.prompt_encoder.blend_mask_prompt(mask_input, has_mask_input, tokens=True)
+        return self.decode_tokens((image_embeddings + dense)[0], sparse)
 
     def decode(self, image_embeddings: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         channels = image_embeddings.shape[1]

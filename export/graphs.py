@@ -44,7 +44,10 @@ DEFAULT_ENCODER_FORM = "model"
 # (1 x h w x C), which spares the decoder's transpose of the whole embedding on every click
 EMBEDDING_LAYOUTS = io_contract.EMBEDDING_LAYOUTS
 DEFAULT_EMBEDDING_LAYOUT = "nchw"
-# where the factored decoder's token -> image attentions normalise their softmax (factored_decoder.SOFTMAX_PLACEMENTS)
+# where the factored decoder's token -> image attentions normalise their softmax: "inside" (between the two
+# products, as SAM writes it) or "after" (the second product's rows divided by the sums: the same sums). OpenVINO's
+# CPU plugin fuses the "inside" pattern into one attention node that ran 0.76-0.89 ms per attention, where the
+# unfused products had taken 0.18-0.20 ms each (docs/exporters.md#embedding-layout)
 SOFTMAX_PLACEMENTS = ("inside", "after")
 DEFAULT_SOFTMAX = "inside"
 
@@ -65,8 +68,7 @@ class EncoderGraph(nn.Module):
         super().__init__()
         if form not in ENCODER_FORMS:
             raise ValueError(f"unknown encoder form {form!r}; choose from {ENCODER_FORMS}")
-        if layout not in EMBEDDING_LAYOUTS:
-            raise ValueError(f"unknown embedding layout {layout!r}; choose from {EMBEDDING_LAYOUTS}")
+        io_contract.check_embedding_layout(layout)
         if form == "tokens":
             from .token_encoder import token_encoder
 
@@ -96,10 +98,8 @@ class EncoderGraph(nn.Module):
 
 def to_layout(embedding: np.ndarray, layout: str) -> np.ndarray:
     """A 1 x C x h x w embedding in `layout` (EMBEDDING_LAYOUTS)."""
-    if layout == "nchw":
+    if io_contract.check_embedding_layout(layout) == "nchw":
         return embedding
-    if layout != "tokens":
-        raise ValueError(f"unknown embedding layout {layout!r}; choose from {EMBEDDING_LAYOUTS}")
     batch, channels = embedding.shape[:2]
     return np.ascontiguousarray(embedding.reshape(batch, channels, -1).transpose(0, 2, 1))
 
@@ -110,9 +110,7 @@ class DecoderGraph(nn.Module):
 
     def __init__(self, model: SamModel, layout: str = DEFAULT_EMBEDDING_LAYOUT) -> None:
         super().__init__()
-        if layout not in EMBEDDING_LAYOUTS:
-            raise ValueError(f"unknown embedding layout {layout!r}; choose from {EMBEDDING_LAYOUTS}")
-        self.layout = layout
+        self.layout = io_contract.check_embedding_layout(layout)
         self.prompt_encoder = model.prompt_encoder
         self.mask_decoder = model.mask_decoder
         # The grid's positional encoding is a constant: store it instead of recomputing sin/cos per click.

@@ -114,11 +114,16 @@ class GraphContract:
                 raise InputError(f"{name} = {value} is outside the supported range {low}..{high}")
 
 
-def embedding_shape(embed_dim: int, grid: int, layout: str = "nchw") -> tuple[int, ...]:
-    """Shape of the image embedding in `layout` (one of EMBEDDING_LAYOUTS)."""
+def check_embedding_layout(layout: str) -> str:
+    """`layout` when it is one of EMBEDDING_LAYOUTS; ValueError naming the choices otherwise."""
     if layout not in EMBEDDING_LAYOUTS:
         raise ValueError(f"unknown embedding layout {layout!r}; choose from {EMBEDDING_LAYOUTS}")
-    return (1, embed_dim, grid, grid) if layout == "nchw" else (1, grid * grid, embed_dim)
+    return layout
+
+
+def embedding_shape(embed_dim: int, grid: int, layout: str = "nchw") -> tuple[int, ...]:
+    """Shape of the image embedding in `layout` (one of EMBEDDING_LAYOUTS)."""
+    return (1, embed_dim, grid, grid) if check_embedding_layout(layout) == "nchw" else (1, grid * grid, embed_dim)
 
 
 def embedding_layout(contract: GraphContract) -> str:

@@ -109,11 +109,16 @@ class PromptEncoder(nn.Module):
         """B x 1 x 4h x 4w mask prompt -> B x C x h x w."""
         return self.mask_downscaling(masks)
 
-    def blend_mask_prompt(self, mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> torch.Tensor:
-        """Dense embedding of SAM's ONNX mask inputs without a branch: B x 1 x 4h x 4w, B (0 or 1) -> B x C x h x w."""
-        weight = has_mask_input.reshape(-1, 1, 1, 1)
-        no_mask = self.no_mask_embed.weight.reshape(1, -1, 1, 1)
-        return weight * self.embed_masks(mask_input) + (1 - weight) * no_mask
+    def blend_mask_prompt(self, mask_input: torch.Tensor, has_mask_input: torch.Tensor, tokens: bool = False) -> torch.Tensor:
+        """Dense embedding of SAM's ONNX mask inputs without a branch: B x 1 x 4h x 4w, B (0 or 1) -> B x C x h x w,
+        or with `tokens` B x h w x C (switched to tokens right after the last convolution)."""
+        masks = self.embed_masks(mask_input)
+        if tokens:
+            masks = masks.permute(0, 2, 3, 1).flatten(1, 2)
+            weight, no_mask = has_mask_input.reshape(-1, 1, 1), self.no_mask_embed.weight.reshape(1, 1, -1)
+        else:
+            weight, no_mask = has_mask_input.reshape(-1, 1, 1, 1), self.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        return weight * masks + (1 - weight) * no_mask
 
     def no_mask_dense(self, batch: int) -> torch.Tensor:
         """Dense embedding when there is no mask prompt: B x C x h x w."""
