@@ -41,7 +41,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import metrics, processing
+from . import metrics, processing, zoom
 from .eval_report import (  # write_report, load_result and overall_table are part of this API
     DICE_DECIMALS,
     MODES,
@@ -53,7 +53,7 @@ from .eval_report import (  # write_report, load_result and overall_table are pa
     summarize,
     write_report,
 )
-from .io import MaskItem, default_data_root, read_dataset, read_image, read_mask
+from .io import MaskItem, cap_per_source, default_data_root, read_datasets, read_image, read_mask, select_sources
 from .predictor import PromptPredictor
 from .progress import ProgressBar
 
@@ -66,6 +66,7 @@ def evaluate(
     seed: int = 0,
     progress: bool = True,
     label: str = "",
+    zoom_policy: zoom.ZoomPolicy | None = None,
 ) -> dict[str, Any]:
     """Evaluate a predictor on (image, mask) items in every requested mode.
 
@@ -79,6 +80,8 @@ def evaluate(
         seed: run seed of the random point prompts.
         progress: draw a progress bar with running mean Dice on stderr.
         label: name of the evaluated model, shown in reports.
+        zoom_policy: zoom for small objects (`runtime.zoom`): box prompts and, with `clicks`, the clicks after the
+            first one are segmented in a crop around the object; None segments the whole image only.
 
     Returns:
         A JSON-ready dict:
@@ -113,7 +116,7 @@ def evaluate(
             predictor.set_image(image)
             for index in indices:
                 item = items[index]
-                record = _evaluate_item(predictor, item, image.shape[:2], keys[index], modes, num_clicks, seed)
+                record = _evaluate_item(predictor, item, image.shape[:2], keys[index], modes, num_clicks, seed, zoom_policy)
                 records[index] = record
                 running.add(record)
                 bar.advance(postfix=running.postfix())
@@ -130,6 +133,7 @@ def evaluate(
             "modes": list(modes),
             "num_clicks": int(num_clicks),
             "seed": int(seed),
+            "zoom": zoom_policy.to_dict() if zoom_policy is not None else None,
         },
         "items": done,
         "summary": summarize(done, modes, num_clicks),
@@ -168,6 +172,7 @@ def _evaluate_item(
     modes: Sequence[str],
     num_clicks: int,
     seed: int,
+    zoom_policy: zoom.ZoomPolicy | None = None,
 ) -> dict[str, Any]:
     truth = read_mask(item.mask)
     if truth.shape != tuple(image_size):
@@ -188,8 +193,12 @@ def _evaluate_item(
     scores: dict[str, float] = {}
     points: dict[str, list[list[int]]] = {}
     if "box" in modes:
-        masks, _, _ = predictor.predict(box=metrics.box_from_mask(truth), multimask_output=False)
+        box = metrics.box_from_mask(truth)
+        window = zoom.box_window(zoom_policy, box, truth.shape)
+        masks, _, _ = predictor.predict(box=box, multimask_output=False, **_zoomed(window))
         scores["box"] = _dice(masks[0], truth)
+        if window is not None:
+            record["zoom"] = {"box": list(window)}
     for mode, count in POINT_MODES.items():
         if mode not in modes:
             continue
@@ -198,7 +207,7 @@ def _evaluate_item(
         scores[mode] = _dice(masks[0], truth)
         points[mode] = [[int(x), int(y), int(label)] for (x, y), label in zip(coords, labels)]
     if "clicks" in modes:
-        curve = click_curve(predictor, truth, num_clicks)
+        curve = click_curve(predictor, truth, num_clicks, zoom_policy)
         scores["clicks"] = curve["dice"][-1]
         record["clicks"] = curve
     record["dice"] = scores
@@ -207,22 +216,32 @@ def _evaluate_item(
     return record
 
 
+def _zoomed(window: zoom.Window | None) -> dict[str, Any]:
+    """`predict`'s window argument, passed only when there is one (predictors without zoom keep working)."""
+    return {} if window is None else {"window": window}
+
+
 def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
     return round(metrics.dice(pred, truth), DICE_DECIMALS)
 
 
-def click_curve(predictor: PromptPredictor, truth: np.ndarray, num_clicks: int) -> dict[str, Any]:
+def click_curve(predictor: PromptPredictor, truth: np.ndarray, num_clicks: int,
+                zoom_policy: zoom.ZoomPolicy | None = None) -> dict[str, Any]:
     """Run the interactive click protocol on the predictor's current image.
 
     Args:
         predictor: a predictor with the mask's image set.
         truth: H x W boolean ground truth at the image's resolution, not empty.
         num_clicks: number of clicks N >= 1.
+        zoom_policy: with `clicks` zoom, the mask after click 1 and the clicks decide a window
+            (`zoom.mask_window`) in which the later clicks are segmented (chosen again when a click falls outside
+            it); the first click in a new window starts without a mask prompt (the previous logits are in another
+            frame), the later ones feed the window's back.
 
     Returns:
         dice: N Dice values (rounded to 4 decimals) after clicks 1..N; auc: `metrics.curve_auc` of them;
         points: the clicks made, [[x, y, label], ...] (fewer than N when stopped early); stopped_early: whether a
-        prediction without error ended the run before click N.
+        prediction without error ended the run before click N; window: the zoom window of clicks 2.. or None.
     """
     truth = np.asarray(truth, dtype=bool)
     x, y = metrics.interior_point(truth)
@@ -230,14 +249,17 @@ def click_curve(predictor: PromptPredictor, truth: np.ndarray, num_clicks: int) 
     curve: list[float] = []
     mask_input = None
     stopped = False
+    window = None
     while True:
         first = len(clicks) == 1
+        points = np.array([click[:2] for click in clicks], dtype=np.float64)
         masks, _, low_res = predictor.predict(
-            point_coords=np.array([click[:2] for click in clicks], dtype=np.float64),
+            point_coords=points,
             point_labels=np.array([click[2] for click in clicks], dtype=np.int64),
             mask_input=mask_input,
             multimask_output=first,
             best_only=first,
+            **_zoomed(window),
         )
         pred = masks[0]
         curve.append(_dice(pred, truth))
@@ -250,11 +272,17 @@ def click_curve(predictor: PromptPredictor, truth: np.ndarray, num_clicks: int) 
             break
         clicks.append(click)
         mask_input = processing.mask_prompt_from_logits(low_res[0], predictor.policy)
+        if first or (window is not None and not zoom.contains(window, click[:2])):
+            # a window is chosen after click 1 and moved only when a click falls outside it
+            new = zoom.mask_window(zoom_policy, pred, np.array([c[:2] for c in clicks], dtype=np.float64), truth.shape)
+            if new != window:
+                window, mask_input = new, None
     return {
         "dice": curve,
         "auc": round(metrics.curve_auc(curve), DICE_DECIMALS),
         "points": [list(click) for click in clicks],
         "stopped_early": stopped,
+        "window": None if window is None else list(window),
     }
 
 
@@ -303,8 +331,10 @@ def _positive_int(value: str) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the evaluation flags shared by every evaluation CLI (bundle, checkpoint) to `parser`."""
-    parser.add_argument("--data", type=Path, default=default_data_root(), metavar="DIR",
-                        help="dataset in SAM-Med2D's layout (default: $SAMMED_DATA or ../shared/data/medseg-dev)")
+    default = default_data_root()
+    parser.add_argument("--data", type=Path, nargs="+", default=None if default is None else [default], metavar="DIR",
+                        help="one or more datasets in SAM-Med2D's layout, read one after the other "
+                             "(default: $SAMMED_DATA or ../shared/data/medseg-dev)")
     parser.add_argument("--modes", type=_modes_argument, nargs="+", default=[list(MODES)], metavar="MODE",
                         help=f"evaluation modes, space or comma separated (default: all of {','.join(MODES)})")
     parser.add_argument("--clicks", type=_positive_int, default=5, metavar="N",
@@ -314,6 +344,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sources", nargs="+", default=None, metavar="NAME",
                         help="evaluate only masks of these source datasets (manifest.csv's source_dataset; a name may "
                              "be a prefix, e.g. BUSI CHAOS Drishti-GS1 LGG: the training split's validation sources)")
+    parser.add_argument("--per-source", type=_positive_int, default=None, metavar="N",
+                        help="at most N masks of every source, chosen by a seeded hash of the mask's name (so that "
+                             "no large source decides the mean alone; the training split's validation uses the same)")
+    zoom.add_arguments(parser)
     parser.add_argument("--seed", type=int, default=0, help="seed of the random point prompts (default 0)")
     parser.add_argument("--out", type=Path, default=None, metavar="DIR",
                         help="report folder (default: out/evaluate/<label>)")
@@ -341,21 +375,23 @@ def run(args: argparse.Namespace, predictor: PromptPredictor, label: str) -> int
         print("error: no dataset: pass --data DIR or set $SAMMED_DATA", file=sys.stderr)
         return 2
     try:
-        items = read_dataset(args.data)
+        items = read_datasets(args.data)
         compare = load_result(args.compare) if args.compare is not None else None
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if getattr(args, "sources", None):
-        items = [item for item in items if any(item.source.startswith(name) for name in args.sources)]
+        items = select_sources(items, args.sources)
         if not items:
-            print(f"error: no masks of the sources {args.sources} in {args.data}", file=sys.stderr)
+            print(f"error: no masks of the sources {args.sources} in {', '.join(map(str, args.data))}", file=sys.stderr)
             return 2
+    items = cap_per_source(items, getattr(args, "per_source", None))
     if args.limit is not None:
         items = items[: args.limit]
     modes = [mode for group in args.modes for mode in (group if isinstance(group, list) else [group])]
     result = evaluate(
-        predictor, items, modes=modes, num_clicks=args.clicks, seed=args.seed, progress=not args.no_progress, label=label
+        predictor, items, modes=modes, num_clicks=args.clicks, seed=args.seed, progress=not args.no_progress, label=label,
+        zoom_policy=zoom.policy_from_args(args),
     )
     out = args.out if args.out is not None else Path("out") / "evaluate" / _slug(label)
     paths = write_report(result, out, compare)

@@ -20,13 +20,17 @@ from typing import Any
 
 import numpy as np
 
-from . import processing
+from . import processing, zoom
 from .backends import Backend, load_backend
 from .bundle import Bundle, load_bundle
 from .contract import ENCODER_INPUT, ENCODER_OUTPUT
 from .errors import InputError
 from .heap import release_free_heap
 from .processing import ImageGeometry, ProcessingPolicy
+
+
+# zoom windows of one image whose embeddings the predictor keeps (an object's clicks reuse its window)
+WINDOWS_PER_IMAGE = 4
 
 
 class PromptPredictor:
@@ -38,8 +42,10 @@ class PromptPredictor:
 
     def __init__(self, policy: ProcessingPolicy) -> None:
         self.policy = policy
-        # (embedding, geometry) of the current image, replaced as a whole so readers see a consistent pair
-        self._state: tuple[Any, ImageGeometry] | None = None
+        # (embedding, geometry, image, zoom windows) of the current image, replaced as a whole so readers see a
+        # consistent set; the windows dict holds the current image's zoomed crops: window -> (embedding, geometry)
+        self._state: tuple[Any, ImageGeometry, np.ndarray, dict] | None = None
+        self._window_lock = threading.Lock()
         self.timings: dict[str, float] = {}
 
     # -- to implement -------------------------------------------------------------------------------------
@@ -84,10 +90,27 @@ class PromptPredictor:
         return self._current()[1]
 
     def _current(self) -> tuple[Any, ImageGeometry]:
+        return self._current_state()[:2]
+
+    def _current_state(self) -> tuple[Any, ImageGeometry, np.ndarray, dict]:
         state = self._state
         if state is None:
             raise InputError("no image set: call set_image(image) first")
         return state
+
+    def _window_state(self, state: tuple[Any, ImageGeometry, np.ndarray, dict], window: zoom.Window) -> tuple[Any, ImageGeometry]:
+        """Embedding and geometry of a zoom window's crop of the current image, encoded once per image and window."""
+        windows = state[3]
+        with self._window_lock:
+            found = windows.get(window)
+            if found is None:
+                start = time.perf_counter()
+                found = self._embed(zoom.crop(state[2], window))
+                self.timings["zoom_encode_ms"] = (time.perf_counter() - start) * 1e3
+                while len(windows) >= WINDOWS_PER_IMAGE:
+                    windows.pop(next(iter(windows)))
+                windows[window] = found
+        return found
 
     def set_image(self, image: np.ndarray) -> None:
         """Encode an image for the following `predict` calls.
@@ -95,7 +118,8 @@ class PromptPredictor:
         Args:
             image: H x W or H x W x 3 uint8 RGB array.
         """
-        self._state = self._embed(processing.as_rgb_uint8(image))
+        rgb = processing.as_rgb_uint8(image)
+        self._state = (*self._embed(rgb), rgb, {})
 
     def reset_image(self) -> None:
         self._state = None
@@ -109,6 +133,7 @@ class PromptPredictor:
         multimask_output: bool = True,
         return_logits: bool = False,
         best_only: bool = False,
+        window: tuple[int, int, int, int] | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Segment the current image from prompts in original-image pixels.
 
@@ -122,15 +147,25 @@ class PromptPredictor:
                 instead of its single-mask output.
             return_logits: return full-resolution float32 logits instead of boolean masks.
             best_only: keep only the candidate with the highest predicted IoU (SAM-Med2D's own predictor).
+            window: zoom window (x0, y0, x1, y1) in pixels, exclusive maxima (`zoom.box_window`,
+                `zoom.mask_window`): segment that crop of the image at the model's input size, encoded once per
+                image and window, and paste its masks back (background outside). Prompts outside it are
+                dropped; `mask_input` and the returned `low_res_logits` are in the window's frame.
 
         Returns:
             masks: C x H x W bool (float32 logits with return_logits).
             iou_predictions: (C,) float32.
             low_res_logits: C x L x L float32.
         """
-        embedding, geometry = self._current()
+        state = self._current_state()
+        embedding, geometry = state[:2]
         prompts = processing.check_prompts(geometry, self.policy, point_coords, point_labels, box, mask_input)
-        inputs = processing.decoder_inputs(prompts, geometry, self.policy)
+        frame = geometry
+        if window is not None:
+            window = zoom.check_window(window, geometry.original_size)
+            prompts = zoom.prompts_into(prompts, window)
+            embedding, frame = self._window_state(state, window)
+        inputs = processing.decoder_inputs(prompts, frame, self.policy)
         start = time.perf_counter()
         low_res, iou = self._decode(embedding, inputs, bool(multimask_output))
         low_res = np.asarray(low_res, dtype=np.float32)
@@ -138,7 +173,9 @@ class PromptPredictor:
         if best_only and low_res.shape[0] > 1:
             best = int(np.argmax(iou))
             low_res, iou = low_res[best : best + 1], iou[best : best + 1]
-        logits = processing.postprocess_logits(low_res, geometry, self.policy)
+        logits = processing.postprocess_logits(low_res, frame, self.policy)
+        if window is not None:
+            logits = zoom.paste(logits, window, geometry.original_size)
         masks = logits if return_logits else logits > self.policy.mask_threshold
         self.timings["predict_ms"] = (time.perf_counter() - start) * 1e3
         return masks, iou, low_res

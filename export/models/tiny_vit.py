@@ -248,7 +248,21 @@ class TinyViT(nn.Module):
         return self._embedding_side, self._embedding_side
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_tail(self.forward_head(x, len(self.layers)), len(self.layers))
+
+    def forward_head(self, x: torch.Tensor, split: int) -> torch.Tensor:
+        """The stem and stages 0..split-1: B x 3 x S x S image -> B x C x h x w features (the input of stage `split`)."""
         x = self.patch_embed(x)
-        for layer in self.layers:
+        for layer in self.layers[:split]:
+            x = layer(x)
+        return x
+
+    def forward_tail(self, x: torch.Tensor, split: int) -> torch.Tensor:
+        """Stages split.. and the neck on `forward_head`'s features: the embedding."""
+        for layer in self.layers[split:]:
             x = layer(x)
         return self.neck(x)
+
+    def tail_modules(self, split: int) -> list[nn.Module]:
+        """The modules `forward_tail(x, split)` runs (what partial encoder training trains)."""
+        return [*self.layers[split:], self.neck]

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from sammed_edge.runtime import processing
-from sammed_edge.runtime.io import default_data_root, read_dataset, read_image
+from sammed_edge.runtime.io import default_data_root, read_dataset
 from sammed_edge.runtime.progress import ProgressBar
 
 from ..models import SamModel, build_model, list_models, load_model
@@ -51,7 +51,7 @@ from ..models.student import StudentEncoder, init_from_teacher
 from ..models.tiny_vit import TinyViT
 from ..pipeline import default_pool
 from . import finetune as ft
-from .data import load_mask_set, split_by_source
+from .data import ImageRef, load_image, load_mask_set, split_by_source
 from .embeddings import EmbeddingCache
 
 log = logging.getLogger(__name__)
@@ -129,14 +129,14 @@ def pool_images(pool: str | Path | None, excluded_sources: Sequence[str], limit:
     return kept
 
 
-def preprocess_all(model: SamModel, paths: Sequence[Path], progress: bool = True) -> torch.Tensor:
-    """N x 3 x S x S float16 model inputs of image files (the model family's preprocessing)."""
+def preprocess_all(model: SamModel, paths: Sequence[Path | ImageRef], progress: bool = True) -> torch.Tensor:
+    """N x 3 x S x S float16 model inputs of image files or views (the model family's preprocessing)."""
     policy = model.processing_policy()
     out = torch.empty((len(paths), 3, policy.input_size, policy.input_size), dtype=torch.float16)
     bar = ProgressBar("images", len(paths), enabled=progress)
     try:
         for index, path in enumerate(paths):
-            tensor, _ = processing.preprocess_image(read_image(path), policy)
+            tensor, _ = processing.preprocess_image(load_image(path), policy)
             out[index] = torch.from_numpy(tensor[0])
             bar.advance()
     finally:

@@ -19,13 +19,13 @@ import numpy as np
 import torch
 
 from sammed_edge.runtime import processing
-from sammed_edge.runtime.io import read_image
 from sammed_edge.runtime.predictor import image_key
 from sammed_edge.runtime.processing import ProcessingPolicy
 from sammed_edge.runtime.progress import ProgressBar
 
 from ..models.checkpoints import cache_dir
 from ..models.sam import SamModel
+from .data import ImageRef, load_image
 
 
 def encoder_digest(model: SamModel) -> str:
@@ -38,9 +38,13 @@ def encoder_digest(model: SamModel) -> str:
     return digest.hexdigest()
 
 
-def cache_key(image_digest: str, encoder: str, policy: ProcessingPolicy) -> str:
-    """Name of one cache entry: sha256 over (image digest, encoder digest, policy as JSON), 32 hex digits."""
-    payload = json.dumps({"image": image_digest, "encoder": encoder, "policy": policy.to_dict()}, sort_keys=True)
+def cache_key(image_digest: str, encoder: str, policy: ProcessingPolicy, split: int | None = None) -> str:
+    """Name of one cache entry: sha256 over (image digest, encoder digest, policy as JSON[, split stage]), 32 hex
+    digits; `split` names features before an encoder stage instead of the embedding."""
+    entry = {"image": image_digest, "encoder": encoder, "policy": policy.to_dict()}
+    if split is not None:
+        entry["split"] = int(split)
+    payload = json.dumps(entry, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
@@ -50,19 +54,26 @@ def default_cache_dir() -> Path:
 
 
 class EmbeddingCache:
-    """Embeddings of one model's image encoder, cached under `folder`.
+    """Embeddings of one model's image encoder (or its features before a stage), cached under `folder`.
 
     Args:
         model: the model whose encoder computes missing embeddings.
         folder: cache folder (created on first write); default `default_cache_dir()`.
         device: device to encode on (default: the model's).
+        split: cache the encoder's features before stage `split` (`forward_head`), for training the stages
+            after it (`forward_tail`), instead of the embedding. The key covers the whole encoder's weights, so
+            features are recomputed after any change of the encoder (as embeddings are).
 
     Attributes:
         hits, misses: entries found / computed since construction.
     """
 
-    def __init__(self, model: SamModel, folder: str | Path | None = None, device: str | torch.device | None = None) -> None:
+    def __init__(self, model: SamModel, folder: str | Path | None = None, device: str | torch.device | None = None,
+                 split: int | None = None) -> None:
+        if split is not None and not hasattr(model.image_encoder, "forward_head"):
+            raise ValueError(f"the {type(model.image_encoder).__name__} encoder cannot be split into cached and trained stages")
         self.model = model
+        self.split = split
         self.folder = Path(folder) if folder is not None else default_cache_dir()
         self.policy = model.processing_policy()
         self.encoder = encoder_digest(model)
@@ -72,7 +83,8 @@ class EmbeddingCache:
 
     def path(self, image: np.ndarray) -> Path:
         """Cache file of an H x W x 3 uint8 image."""
-        return self.folder / f"{cache_key(image_key(processing.as_rgb_uint8(image)).hex(), self.encoder, self.policy)}.npy"
+        key = cache_key(image_key(processing.as_rgb_uint8(image)).hex(), self.encoder, self.policy, self.split)
+        return self.folder / f"{key}.npy"
 
     def get(self, image: np.ndarray) -> np.ndarray:
         """C x h x w float16 embedding of an image, computed and stored on a miss."""
@@ -80,6 +92,18 @@ class EmbeddingCache:
         if path.is_file():
             self.hits += 1
             return np.load(path)
+        return self._compute(image, path)
+
+    def ensure(self, image: np.ndarray) -> Path:
+        """The cache file of an image's embedding, computed and stored on a miss (nothing read on a hit)."""
+        path = self.path(image)
+        if path.is_file():
+            self.hits += 1
+        else:
+            self._compute(image, path)
+        return path
+
+    def _compute(self, image: np.ndarray, path: Path) -> np.ndarray:
         self.misses += 1
         embedding = self._encode(image)
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -99,13 +123,29 @@ class EmbeddingCache:
         was_training = self.model.training
         self.model.eval()
         try:
-            embedding = self.model.encode(torch.from_numpy(tensor).to(self.device))
+            images = torch.from_numpy(tensor).to(self.device)
+            if self.split is None:
+                embedding = self.model.encode(images)
+            else:
+                embedding = self.model.image_encoder.forward_head(images, self.split)
         finally:
             self.model.train(was_training)
         return embedding[0].float().cpu().numpy().astype(np.float16)
 
-    def load_all(self, paths: Sequence[str | Path], progress: bool = True) -> torch.Tensor:
-        """Embeddings of the image files `paths`, computing the missing ones.
+    def files(self, images: Sequence[ImageRef | str | Path], progress: bool = True) -> list[Path]:
+        """Cache files of the embeddings of `images` (files or views), computing the missing ones."""
+        bar = ProgressBar("embeddings", len(images), enabled=progress)
+        out: list[Path] = []
+        try:
+            for image in images:
+                out.append(self.ensure(load_image(image)))
+                bar.advance(postfix=f"hits {self.hits} computed {self.misses}")
+        finally:
+            bar.close()
+        return out
+
+    def load_all(self, paths: Sequence[ImageRef | str | Path], progress: bool = True) -> torch.Tensor:
+        """Embeddings of the image files or views `paths`, computing the missing ones.
 
         Returns:
             N x C x h x w float16 tensor (CPU), in the order of `paths`.
@@ -114,7 +154,7 @@ class EmbeddingCache:
         out: torch.Tensor | None = None
         try:
             for index, path in enumerate(paths):
-                embedding = torch.from_numpy(self.get(read_image(path)))
+                embedding = torch.from_numpy(self.get(load_image(path)))
                 if out is None:
                     out = torch.empty((len(paths), *embedding.shape), dtype=torch.float16)
                 out[index] = embedding

@@ -15,7 +15,7 @@ CPU mode (the default without CUDA): the image encoder stays frozen and its embe
 on-disk cache (`embeddings.EmbeddingCache`), so an epoch only runs the prompt encoder and the decoder. With CUDA the
 encoder runs in the loop (`--embeddings online`), and `--trainable` may include `adapters` or `encoder`.
 
-Model selection uses the validation sources only (`data.split_by_source`): after every epoch a fast version of the
+Model selection uses the validation sources only (`data.leave_sources_out`): after every epoch a fast version of the
 evaluator's protocols runs in the decoder's frame (tight box; click 1 at the interior point with the best of the
 multimask candidates, then clicks at the centre of the largest error region). The best epoch has the highest mean
 Dice over clicks 1..N among the epochs whose box Dice is at most 1 point below the starting model's.
@@ -32,6 +32,7 @@ import csv
 import dataclasses
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -44,14 +45,14 @@ import torch
 
 from sammed_edge.runtime import evaluate as runtime_evaluate
 from sammed_edge.runtime import metrics, processing
-from sammed_edge.runtime.io import default_data_root, read_dataset, read_image
+from sammed_edge.runtime.io import cap_per_source, default_data_root, read_dataset
 from sammed_edge.runtime.processing import ProcessingPolicy
 from sammed_edge.runtime.progress import ProgressBar
 
 from ..models import SamModel, list_models, load_model
 from ..predictor import TorchPredictor
 from . import prompts
-from .data import MaskSet, load_mask_set, split_by_source
+from .data import ImageRef, MaskSet, concat_mask_sets, leave_sources_out, load_image, load_mask_set
 from .embeddings import EmbeddingCache
 from .losses import mask_dice, segmentation_loss
 
@@ -61,11 +62,13 @@ CHECKPOINT = "last.pt"
 WEIGHTS = "weights.safetensors"
 METRICS = "metrics.csv"
 PLOT = "training-curves.png"
-FORMAT = 1
+FORMAT = 2
 # CLI names of the trainable parts -> the model attribute (or "adapters": SAM-Med2D's encoder adapters)
 PARTS = {"prompt_encoder": "prompt_encoder", "decoder": "mask_decoder", "mask_decoder": "mask_decoder",
-         "adapters": "adapters", "encoder": "image_encoder", "image_encoder": "image_encoder"}
-ENCODER_PARTS = ("adapters", "image_encoder")
+         "adapters": "adapters", "encoder": "image_encoder", "image_encoder": "image_encoder",
+         "encoder_tail": "encoder_tail"}
+ENCODER_PARTS = ("adapters", "image_encoder", "encoder_tail")
+SCHEDULES = ("constant", "cosine")
 BOX_DICE_BUDGET = 1.0  # points of box Dice an epoch may lose against the starting model and still be selected
 
 
@@ -93,6 +96,20 @@ class Settings:
         limit_train, limit_val: use only that many masks (quick runs), None for all.
         bf16: run the training passes under bfloat16 autocast (weights, optimiser and loss stay float32; about
             1.6x faster on CPUs with AVX512-BF16); validation always runs in float32, as inference does.
+        views: augmented views per training image besides the image (`augment`); each epoch uses one view (or
+            the image) of every image, drawn at random. Validation never uses views.
+        val_per_source: at most that many validation masks per source (`runtime.io.cap_per_source`), None for all.
+        schedule: learning rate "constant", or "cosine" decay to 1 % over the run after `warmup` (a fraction of
+            all steps) of linear warm-up.
+        schedule_epochs: length of the cosine schedule in epochs; None takes the run's epoch count (and records
+            it, so that a resumed run follows the same schedule; pass it to train one schedule in several runs).
+        anywhere_prob: probability that a lone first click lies anywhere inside the object (a random pixel at
+            least a fifth of the object's depth from its edge) instead of at its centre.
+        tight_box_prob, loose_box_prob: probabilities that a box start is the tight box, or a box grown by 5-25 %
+            of its side on each edge; otherwise the Gaussian-jittered box.
+        tail_split: with "encoder_tail" trainable, the encoder stages from this one on (and the neck) are
+            trained, on cached features of the stages before it.
+        encoder_lr_scale: learning rate of trained encoder parts relative to `lr`.
     """
 
     model: str = "lite_medsam"
@@ -112,6 +129,16 @@ class Settings:
     limit_train: int | None = None
     limit_val: int | None = None
     bf16: bool = False
+    views: int = 0
+    val_per_source: int | None = None
+    schedule: str = "constant"
+    schedule_epochs: int | None = None
+    warmup: float = 0.0
+    anywhere_prob: float = 0.0
+    tight_box_prob: float = 0.0
+    loose_box_prob: float = 0.0
+    tail_split: int = 3
+    encoder_lr_scale: float = 0.1
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -128,16 +155,16 @@ def trainable_parts(names: Sequence[str]) -> tuple[str, ...]:
     if unknown or not names:
         raise ValueError(f"unknown trainable parts {unknown or list(names)}; choose from {sorted(PARTS)}")
     parts = {PARTS[name] for name in names}
-    if {"adapters", "image_encoder"} <= parts:
-        parts.discard("adapters")
+    if "image_encoder" in parts:
+        parts -= {"adapters", "encoder_tail"}
     return tuple(sorted(parts))
 
 
-def set_trainable(model: SamModel, parts: Sequence[str]) -> list[torch.nn.Parameter]:
+def set_trainable(model: SamModel, parts: Sequence[str], tail_split: int = 3) -> list[torch.nn.Parameter]:
     """Freeze the model except `parts` (canonical names); returns the trainable parameters.
 
     Raises:
-        ValueError: "adapters" on a model without adapters.
+        ValueError: "adapters" on a model without adapters, "encoder_tail" on an encoder that cannot be split.
     """
     model.requires_grad_(False)
     for part in parts:
@@ -147,24 +174,43 @@ def set_trainable(model: SamModel, parts: Sequence[str]) -> list[torch.nn.Parame
                 raise ValueError("the model's image encoder has no adapters to train")
             for param in adapters:
                 param.requires_grad_(True)
+        elif part == "encoder_tail":
+            for module in _tail_modules(model, tail_split):
+                module.requires_grad_(True)
         else:
             getattr(model, part).requires_grad_(True)
     return [param for param in model.parameters() if param.requires_grad]
 
 
-def _prefixes(parts: Sequence[str]) -> tuple[str, ...]:
-    return tuple("image_encoder." if part == "adapters" else f"{part}." for part in parts)
+def _tail_modules(model: SamModel, split: int) -> list[torch.nn.Module]:
+    encoder = model.image_encoder
+    if not hasattr(encoder, "tail_modules"):
+        raise ValueError(f"the {type(encoder).__name__} encoder cannot be split into cached and trained stages")
+    return encoder.tail_modules(split)
 
 
-def part_state(model: SamModel, parts: Sequence[str]) -> dict[str, torch.Tensor]:
+def _prefixes(model: SamModel, parts: Sequence[str], tail_split: int = 3) -> tuple[str, ...]:
+    prefixes: list[str] = []
+    for part in parts:
+        if part == "adapters":
+            prefixes.append("image_encoder.")
+        elif part == "encoder_tail":
+            names = {id(module): name for name, module in model.image_encoder.named_modules()}
+            prefixes += [f"image_encoder.{names[id(module)]}." for module in _tail_modules(model, tail_split)]
+        else:
+            prefixes.append(f"{part}.")
+    return tuple(prefixes)
+
+
+def part_state(model: SamModel, parts: Sequence[str], tail_split: int = 3) -> dict[str, torch.Tensor]:
     """State-dict entries of the modules holding `parts` (CPU copies): what a checkpoint and the weights store."""
-    prefixes = _prefixes(parts)
+    prefixes = _prefixes(model, parts, tail_split)
     return {key: value.detach().cpu().clone() for key, value in model.state_dict().items() if key.startswith(prefixes)}
 
 
-def load_part_state(model: SamModel, state: dict[str, torch.Tensor], parts: Sequence[str]) -> None:
+def load_part_state(model: SamModel, state: dict[str, torch.Tensor], parts: Sequence[str], tail_split: int = 3) -> None:
     """Load `part_state` output back, strictly: exactly the keys and shapes of those modules."""
-    expected = {key: value for key, value in model.state_dict().items() if key.startswith(_prefixes(parts))}
+    expected = {key: value for key, value in model.state_dict().items() if key.startswith(_prefixes(model, parts, tail_split))}
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     misshapen = [key for key in expected if key in state and state[key].shape != expected[key].shape]
     if missing or unexpected or misshapen:
@@ -196,36 +242,45 @@ def decode_all(model: SamModel, embeddings: torch.Tensor, coords: torch.Tensor, 
 
 
 class ImageStore:
-    """Image embeddings for batches: cached float16 tensors (frozen encoder) or the encoder in the loop.
+    """Image embeddings for batches: cached float16 embeddings (frozen encoder) or the encoder in the loop.
 
     Args:
         model: the model.
-        images: image paths; batches address them by index.
-        mode: "cache" (embeddings from `EmbeddingCache`) or "online" (preprocessed images through the encoder).
+        images: images or views (`data.ImageRef`); batches address them by index.
+        mode: "cache" (embeddings from `EmbeddingCache`, read from disk per batch, so that many augmented views
+            need no memory) or "online" (preprocessed images through the encoder).
         cache_dir: folder of the embedding cache (mode "cache").
         progress: show a progress bar while embedding.
+        split: mode "cache" with features before encoder stage `split` cached; `batch` runs the stages after it
+            (`forward_tail`), which may be trained.
+        bf16: run those stages under bfloat16 autocast when they are trained (validation stays float32).
     """
 
-    def __init__(self, model: SamModel, images: Sequence[Path], mode: str, cache_dir: str | Path | None = None,
-                 progress: bool = True) -> None:
+    def __init__(self, model: SamModel, images: Sequence[ImageRef | Path], mode: str, cache_dir: str | Path | None = None,
+                 progress: bool = True, split: int | None = None, bf16: bool = False) -> None:
         if mode not in ("cache", "online"):
             raise ValueError(f"embedding mode must be 'cache' or 'online', got {mode!r}")
-        self.model, self.images, self.mode = model, list(images), mode
-        self.table: torch.Tensor | None = None
+        self.model, self.images, self.mode, self.split, self.bf16 = model, list(images), mode, split, bf16
+        self.files: list[Path] | None = None
         self._tensors: dict[int, torch.Tensor] = {}
         if mode == "cache":
-            cache = EmbeddingCache(model, cache_dir)
-            self.table = cache.load_all(self.images, progress=progress)
+            cache = EmbeddingCache(model, cache_dir, split=split)
+            self.files = cache.files(self.images, progress=progress)
             log.info("embeddings: %d cached, %d computed (%s)", cache.hits, cache.misses, cache.folder)
 
     def batch(self, indices: np.ndarray, device: torch.device, grad: bool = False) -> torch.Tensor:
         """B x C x h x w float32 embeddings of the images `indices` (with gradients when `grad` in online mode)."""
-        if self.table is not None:
-            return self.table[torch.as_tensor(indices)].to(device=device, dtype=torch.float32)
+        if self.files is not None:
+            table = np.stack([np.load(self.files[int(index)]) for index in indices])
+            cached = torch.from_numpy(table).to(device=device, dtype=torch.float32)
+            if self.split is None:
+                return cached
+            with torch.set_grad_enabled(grad), torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16 and grad):
+                return self.model.image_encoder.forward_tail(cached, self.split).float()
         policy = self.model.processing_policy()
         for index in indices:
             if int(index) not in self._tensors:
-                tensor, _ = processing.preprocess_image(read_image(self.images[int(index)]), policy)
+                tensor, _ = processing.preprocess_image(load_image(self.images[int(index)]), policy)
                 self._tensors[int(index)] = torch.from_numpy(tensor[0])
         images = torch.stack([self._tensors[int(index)] for index in indices]).to(device)
         with torch.set_grad_enabled(grad):
@@ -300,10 +355,22 @@ def train_batch(model: SamModel, embed, truth: np.ndarray, regions: np.ndarray, 
     boxes: list[np.ndarray | None] = [None] * batch
     clicks: list[list[tuple[int, int, int]]] = [[] for _ in range(batch)]
     if box_start:
-        boxes = [prompts.jittered_box(truth[i], rng, tuple(regions[i]), max_shift=20.0 * policy.low_res_size / 256) for i in range(batch)]
-    elif rng.random() < settings.interior_prob:
+        kind = rng.choice(["tight", "loose", "jittered"], p=_box_kinds(settings))
         for i in range(batch):
-            coords, labels = prompts.first_click(truth[i], tuple(regions[i]))
+            region = tuple(regions[i])
+            if kind == "tight":
+                boxes[i] = prompts.tight_box(truth[i], region)
+            elif kind == "loose":
+                boxes[i] = prompts.loose_box(truth[i], rng, region)
+            else:
+                boxes[i] = prompts.jittered_box(truth[i], rng, region, max_shift=20.0 * policy.low_res_size / 256)
+    elif rng.random() < settings.interior_prob:
+        anywhere = rng.random() < settings.anywhere_prob
+        for i in range(batch):
+            if anywhere:
+                coords, labels = prompts.inner_click(truth[i], rng, tuple(regions[i]))
+            else:
+                coords, labels = prompts.first_click(truth[i], tuple(regions[i]))
             clicks[i] = [(int(x), int(y), int(label)) for (x, y), label in zip(coords, labels)]
     else:
         count = int(rng.choice([1, 3, 5]))
@@ -353,6 +420,13 @@ def train_batch(model: SamModel, embed, truth: np.ndarray, regions: np.ndarray, 
         torch.stack(pending).mean().backward()
         optimizer.step()
     return {"loss": float(np.mean(losses)), "dice": float(np.mean(dices)), "passes": len(losses)}
+
+
+def _box_kinds(settings: Settings) -> list[float]:
+    tight, loose = settings.tight_box_prob, settings.loose_box_prob
+    if tight < 0 or loose < 0 or tight + loose > 1:
+        raise ValueError(f"box kind probabilities must be >= 0 with a sum <= 1, got tight {tight}, loose {loose}")
+    return [tight, loose, 1.0 - tight - loose]
 
 
 @torch.no_grad()
@@ -514,7 +588,7 @@ def plot_history(history: list[dict[str, Any]], path: Path) -> Path | None:
 
 
 def finetune(
-    data: str | Path,
+    data: str | Path | Sequence[str | Path],
     out: str | Path,
     *,
     model: str | SamModel = "lite_medsam",
@@ -529,15 +603,16 @@ def finetune(
     """Fine-tune for point prompts and write the best epoch's weights.
 
     Args:
-        data: dataset in SAM-Med2D's layout with manifest.csv (modality, source_dataset).
+        data: one or more datasets in SAM-Med2D's layout with manifest.csv (modality, source_dataset); several
+            are split into training and validation sources by `data.leave_sources_out`.
         out: run folder (checkpoint, metrics, weights).
         model: registered name or checkpoint path (loaded with `load_model`), or a `SamModel` (tests).
         epochs: total epochs; a resumed run continues up to this number.
         settings: the run's settings (default `Settings()`; its `model` is replaced by the model's name).
         resume: continue from out/last.pt (settings must match the checkpoint's).
         device: torch device; default CUDA when available, else CPU.
-        embeddings: "cache" (frozen encoder, embeddings cached on disk), "online" (encoder in the loop) or "auto"
-            (online on CUDA, cache on CPU; online whenever an encoder part is trained).
+        embeddings: "cache" (frozen encoder or its cached first stages, on disk), "online" (encoder in the loop)
+            or "auto" (online on CUDA or when the whole encoder or its adapters are trained, else cache).
         cache_dir: embedding cache folder (default ~/.cache/sammed-edge/embeddings).
         progress: draw progress bars.
 
@@ -552,44 +627,66 @@ def finetune(
     settings = settings or Settings()
     name = model if isinstance(model, str) else "custom"
     settings = dataclasses.replace(settings, model=str(name), trainable=trainable_parts(settings.trainable))
+    if settings.schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {settings.schedule!r}; choose from {SCHEDULES}")
+    if settings.schedule != "constant" and settings.schedule_epochs is None:
+        settings = dataclasses.replace(settings, schedule_epochs=epochs)
+    _box_kinds(settings)
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     encoder_trained = any(part in ENCODER_PARTS for part in settings.trainable)
-    mode = embeddings if embeddings != "auto" else ("online" if device.type == "cuda" or encoder_trained else "cache")
-    if mode == "cache" and encoder_trained:
-        raise ValueError("training encoder parts needs the encoder in the loop: use embeddings='online'")
+    online_parts = any(part in ("adapters", "image_encoder") for part in settings.trainable)
+    mode = embeddings if embeddings != "auto" else ("online" if device.type == "cuda" or online_parts else "cache")
+    if mode == "cache" and online_parts:
+        raise ValueError("training the whole encoder or its adapters needs the encoder in the loop: use embeddings='online'")
+    split = settings.tail_split if "encoder_tail" in settings.trainable and mode == "cache" else None
     checkpoint_path = out / CHECKPOINT
     state = read_resume_state(checkpoint_path, FORMAT, settings.to_dict()) if resume else None
 
     net = load_model(model) if isinstance(model, str) else model
     net.to(device)
-    params = set_trainable(net, settings.trainable)
-    optimizer = torch.optim.Adam(params, lr=settings.lr)
+    params = set_trainable(net, settings.trainable, settings.tail_split)
+    encoder_params = {id(param) for param in net.image_encoder.parameters()}
+    groups = [{"params": [p for p in params if id(p) not in encoder_params], "lr": settings.lr},
+              {"params": [p for p in params if id(p) in encoder_params], "lr": settings.lr * settings.encoder_lr_scale}]
+    optimizer = torch.optim.Adam([group for group in groups if group["params"]], lr=settings.lr)
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
     rng = np.random.default_rng(settings.seed)
     torch.manual_seed(settings.seed)
 
-    items = read_dataset(data)
-    train_items, val_items = split_by_source(items, settings.split_seed)
-    held = sorted({item.source for item in val_items})
+    roots = [data] if isinstance(data, (str, Path)) else list(data)
+    datasets = [read_dataset(root) for root in roots]
+    held = leave_sources_out(datasets, settings.split_seed)
+    items = [item for dataset in datasets for item in dataset]
+    train_items = [item for item in items if item.source not in held]
+    val_items = cap_per_source([item for item in items if item.source in held], settings.val_per_source, settings.split_seed)
     policy = net.processing_policy()
-    masks = load_mask_set(train_items + val_items, policy, progress=progress)
-    is_val = np.array([item.source in held for item in masks.items], dtype=bool)
-    train_idx, val_idx = np.flatnonzero(~is_val), np.flatnonzero(is_val)
-    train_idx, val_idx = train_idx[: settings.limit_train], val_idx[: settings.limit_val]
+    train_set = load_mask_set(train_items, policy, progress=progress, views=settings.views, seed=settings.seed)
+    val_set = load_mask_set(val_items, policy, progress=progress)
+    masks = concat_mask_sets(train_set, val_set)
+    train_idx = np.arange(len(train_set))
+    val_idx = np.arange(len(train_set), len(masks))
+    if settings.limit_train is not None:
+        allowed = {item.mask for item in train_items[: settings.limit_train]}
+        train_idx = np.array([i for i in train_idx if train_set.items[i].mask in allowed], dtype=np.int64)
+    val_idx = val_idx[: settings.limit_val]
     if not len(train_idx) or not len(val_idx):
         raise ValueError(f"empty split: {len(train_idx)} training and {len(val_idx)} validation masks")
     out.mkdir(parents=True, exist_ok=True)
+    identity = np.array([masks.images[masks.image_index[i]].view.identity for i in train_idx], dtype=bool)
     (out / "split.json").write_text(json.dumps({
-        "split_seed": settings.split_seed, "validation_sources": held,
-        "train_masks": int(len(train_idx)), "validation_masks": int(len(val_idx)),
+        "datasets": [str(root) for root in roots], "split_seed": settings.split_seed, "validation_sources": held,
+        "train_masks": int(identity.sum()), "train_view_masks": int((~identity).sum()),
+        "validation_masks": int(len(val_idx)), "validation_per_source": settings.val_per_source,
         "train_sources": sorted({masks.items[i].source for i in train_idx}),
+        "validation": sorted(str(masks.items[i].mask) for i in val_idx),
     }, indent=1) + "\n")
-    store = ImageStore(net, masks.images, mode, cache_dir, progress=progress)
+    store = ImageStore(net, masks.images, mode, cache_dir, progress=progress, split=split, bf16=settings.bf16)
 
     history: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
     first_epoch, steps = 1, 0
     if state is not None:
-        load_part_state(net, state["model"], settings.trainable)
+        load_part_state(net, state["model"], settings.trainable, settings.tail_split)
         optimizer.load_state_dict(state["optimizer"])
         rng.bit_generator.state = state["rng"]["numpy"]
         torch.set_rng_state(state["rng"]["torch"])
@@ -603,15 +700,22 @@ def finetune(
                         "train_loss": None, "train_dice": None, "val_box": val["box"], "val_clicks": val["clicks"]})
         log.info("starting model on %d validation masks: box %.2f, clicks %s", val["count"], val["box"], val["clicks"])
 
+    # one epoch of the schedule: one view per image, about as many masks as the images have
+    per_epoch = len(train_set.epoch_indices(train_idx, np.random.default_rng(0)))
+    schedule_epochs = settings.schedule_epochs or epochs
+    total_steps = max(1, schedule_epochs * -(-per_epoch // settings.batch_size) * (settings.iterations + 1))
     for epoch in range(first_epoch, epochs + 1):
         start = time.perf_counter()
         net.train()
-        order = rng.permutation(train_idx)
+        order = rng.permutation(train_set.epoch_indices(train_idx, rng))
         batches = [order[i : i + settings.batch_size] for i in range(0, len(order), settings.batch_size)]
         bar = ProgressBar(f"epoch {epoch}/{epochs}", len(batches), enabled=progress)
         loss_sum = dice_sum = 0.0
         try:
             for index, chunk in enumerate(batches, 1):
+                scale = learning_rate_scale(settings, steps, total_steps)
+                for group, base in zip(optimizer.param_groups, base_lrs):
+                    group["lr"] = base * scale
                 stats = train_batch(
                     net, lambda grad, ids=masks.image_index[chunk]: store.batch(ids, device, grad=grad and encoder_trained),
                     masks.masks[chunk], masks.regions[chunk], settings, rng, optimizer, device,
@@ -619,22 +723,24 @@ def finetune(
                 steps += stats["passes"]
                 loss_sum += stats["loss"]
                 dice_sum += stats["dice"]
-                bar.advance(postfix=f"loss {loss_sum / index:.4f} dice {100 * dice_sum / index:.1f}")
+                bar.advance(postfix=f"loss {loss_sum / index:.4f} dice {100 * dice_sum / index:.1f} lr {scale:.2f}")
         finally:
             bar.close()
         val = validate(net, store, masks, val_idx, settings.batch_size, settings.val_clicks, device, progress)
-        row = {"epoch": epoch, "steps": steps, "seconds": round(time.perf_counter() - start, 1), "lr": settings.lr,
+        row = {"epoch": epoch, "steps": steps, "seconds": round(time.perf_counter() - start, 1),
+               "lr": settings.lr * learning_rate_scale(settings, steps, total_steps),
                "train_loss": loss_sum / len(batches), "train_dice": round(100 * dice_sum / len(batches), 2),
                "val_box": val["box"], "val_clicks": val["clicks"]}
         history.append(row)
         eligible = _eligible(row, history[0])
+        trained = part_state(net, settings.trainable, settings.tail_split)
         if best is None or (eligible, _selection_score(row)) > (best["eligible"], best["score"]):
-            best = {"epoch": epoch, "score": _selection_score(row), "eligible": eligible, "model": part_state(net, settings.trainable)}
+            best = {"epoch": epoch, "score": _selection_score(row), "eligible": eligible, "model": trained}
         log.info("epoch %d: loss %.4f, validation box %.2f, clicks %s (%.0f s)%s", epoch, row["train_loss"], val["box"],
                  val["clicks"], row["seconds"], " *" if best["epoch"] == epoch else "")
         _save_checkpoint(checkpoint_path, {
             "format": FORMAT, "settings": settings.to_dict(), "epoch": epoch, "step": steps,
-            "model": part_state(net, settings.trainable), "optimizer": optimizer.state_dict(),
+            "model": trained, "optimizer": optimizer.state_dict(),
             "rng": {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state()},
             "history": history, "best": best,
         })
@@ -643,6 +749,18 @@ def finetune(
     if best is None:
         raise ValueError(f"no epoch trained: the checkpoint already holds {first_epoch - 1} epochs (ask for more with --epochs)")
     return _write_outputs(out, history, best, settings)
+
+
+def learning_rate_scale(settings: Settings, step: int, total_steps: int) -> float:
+    """Factor on the base learning rate at decoder pass `step` of `total_steps`: constant, or linear warm-up over
+    `settings.warmup` of the steps followed by cosine decay to 1 %."""
+    if settings.schedule == "constant":
+        return 1.0
+    warm = settings.warmup * total_steps
+    if step < warm:
+        return (step + 1) / warm
+    progress = min(1.0, (step - warm) / max(1.0, total_steps - warm))
+    return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def _write_outputs(out: Path, history: list[dict[str, Any]], best: dict[str, Any], settings: Settings) -> Path:
@@ -659,14 +777,23 @@ def _write_outputs(out: Path, history: list[dict[str, Any]], best: dict[str, Any
 # ------------------------------------------------------------------------------------------------ evaluation
 
 
-def evaluate_validation(model: SamModel, data: str | Path, out: str | Path, *, split_seed: int = 0,
-                        modes: Sequence[str] = ("box", "points1", "clicks"), num_clicks: int = 5, label: str = "",
-                        compare: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+def validation_items(data: str | Path | Sequence[str | Path], split_seed: int = 0, per_source: int | None = None) -> list:
+    """The validation masks of a run on `data`: `leave_sources_out`'s sources, at most `per_source` of each."""
+    roots = [data] if isinstance(data, (str, Path)) else list(data)
+    datasets = [read_dataset(root) for root in roots]
+    held = set(leave_sources_out(datasets, split_seed))
+    return cap_per_source([item for dataset in datasets for item in dataset if item.source in held], per_source, split_seed)
+
+
+def evaluate_validation(model: SamModel, data: str | Path | Sequence[str | Path], out: str | Path, *, split_seed: int = 0,
+                        per_source: int | None = None, modes: Sequence[str] = ("box", "points1", "clicks"),
+                        num_clicks: int = 5, label: str = "", compare: str | Path | None = None,
+                        progress: bool = True) -> dict[str, Any]:
     """Run the repository's evaluator (`runtime.evaluate`) on the validation sources and write its report.
 
     Args:
         model: the model to evaluate (through `TorchPredictor`).
-        data: the dataset; the validation sources are `split_by_source(..., split_seed)`'s.
+        data: the dataset(s); the validation masks are `validation_items(data, split_seed, per_source)`.
         out: report folder (evaluation.json / .md / dice_vs_clicks.png).
         modes, num_clicks: evaluator modes and clicks.
         label: the model's name in reports.
@@ -675,7 +802,7 @@ def evaluate_validation(model: SamModel, data: str | Path, out: str | Path, *, s
     Returns:
         The evaluator's result dict.
     """
-    _, val_items = split_by_source(read_dataset(data), split_seed)
+    val_items = validation_items(data, split_seed, per_source)
     result = runtime_evaluate.evaluate(TorchPredictor(model), val_items, modes=modes, num_clicks=num_clicks, progress=progress, label=label)
     other = runtime_evaluate.load_result(compare) if compare is not None else None
     runtime_evaluate.write_report(result, out, other)
@@ -696,20 +823,39 @@ def _parts_argument(value: str) -> tuple[str, ...]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     defaults = Settings()
-    parser.add_argument("--data", type=Path, default=default_data_root(), metavar="DIR",
-                        help="dataset in SAM-Med2D's layout (default: $SAMMED_DATA or ../shared/data/medseg-dev)")
+    default_data = default_data_root()
+    parser.add_argument("--data", type=Path, nargs="+", default=None if default_data is None else [default_data], metavar="DIR",
+                        help="one or more datasets in SAM-Med2D's layout, split by source in rounds (docs/training.md; "
+                             "default: $SAMMED_DATA or ../shared/data/medseg-dev)")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="run folder (checkpoint, metrics, weights) or report folder")
     parser.add_argument("--model", default=defaults.model, help=f"starting model: {', '.join(list_models())} or a checkpoint path")
     parser.add_argument("--epochs", type=int, default=6, help="total epochs (default 6)")
     parser.add_argument("--resume", action="store_true", help="continue from --out/last.pt")
     parser.add_argument("--trainable", type=_parts_argument, default=defaults.trainable, metavar="PARTS",
-                        help="comma-separated parts to train: prompt_encoder, decoder, adapters, encoder (default prompt_encoder,decoder)")
+                        help="comma-separated parts to train: prompt_encoder, decoder, adapters, encoder, encoder_tail "
+                             "(default prompt_encoder,decoder)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="training seed (default 0)")
     parser.add_argument("--split-seed", type=int, default=defaults.split_seed, help="seed of the validation-source choice (default 0)")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help=f"masks per batch (default {defaults.batch_size})")
     parser.add_argument("--lr", type=float, default=defaults.lr, help=f"Adam learning rate (default {defaults.lr:g})")
     parser.add_argument("--iterations", type=int, default=defaults.iterations,
                         help=f"corrective clicks after the first prompt (default {defaults.iterations})")
+    parser.add_argument("--views", type=int, default=defaults.views, metavar="N",
+                        help="augmented views per training image, embedded once (default 0: the images only)")
+    parser.add_argument("--val-per-source", type=int, default=defaults.val_per_source, metavar="N",
+                        help="at most N validation masks per source (default: all)")
+    parser.add_argument("--schedule", choices=SCHEDULES, default=defaults.schedule, help="learning-rate schedule (default constant)")
+    parser.add_argument("--schedule-epochs", type=int, default=None, metavar="N",
+                        help="length of the cosine schedule in epochs (default: --epochs of the first run)")
+    parser.add_argument("--warmup", type=float, default=defaults.warmup, metavar="F", help="warm-up share of the steps with --schedule cosine")
+    parser.add_argument("--anywhere-prob", type=float, default=defaults.anywhere_prob, metavar="P",
+                        help="probability that a lone first click is anywhere inside the object rather than at its centre")
+    parser.add_argument("--tight-box-prob", type=float, default=defaults.tight_box_prob, metavar="P", help="share of tight boxes among box starts")
+    parser.add_argument("--loose-box-prob", type=float, default=defaults.loose_box_prob, metavar="P", help="share of loose boxes among box starts")
+    parser.add_argument("--tail-split", type=int, default=defaults.tail_split, metavar="K",
+                        help=f"with --trainable encoder_tail: train encoder stages K.. and the neck (default {defaults.tail_split})")
+    parser.add_argument("--encoder-lr-scale", type=float, default=defaults.encoder_lr_scale, metavar="F",
+                        help=f"learning rate of trained encoder parts relative to --lr (default {defaults.encoder_lr_scale})")
     parser.add_argument("--limit-train", type=int, default=None, metavar="N", help="train on the first N masks only (quick runs)")
     parser.add_argument("--limit-val", type=int, default=None, metavar="N", help="validate on the first N masks only")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the training passes (faster on AVX512-BF16 CPUs and GPUs)")
@@ -730,11 +876,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("no dataset: pass --data DIR or set $SAMMED_DATA")
     if args.evaluate is not None:
         evaluate_validation(load_model(args.evaluate), args.data, args.out, split_seed=args.split_seed,
-                            label=f"torch:{args.evaluate}", compare=args.compare, progress=not args.no_progress)
+                            per_source=args.val_per_source, label=f"torch:{args.evaluate}", compare=args.compare,
+                            progress=not args.no_progress)
         return 0
     settings = Settings(model=args.model, batch_size=args.batch_size, lr=args.lr, iterations=args.iterations,
                         trainable=args.trainable, seed=args.seed, split_seed=args.split_seed,
-                        limit_train=args.limit_train, limit_val=args.limit_val, bf16=args.bf16)
+                        limit_train=args.limit_train, limit_val=args.limit_val, bf16=args.bf16, views=args.views,
+                        val_per_source=args.val_per_source, schedule=args.schedule, warmup=args.warmup,
+                        schedule_epochs=args.schedule_epochs,
+                        anywhere_prob=args.anywhere_prob, tight_box_prob=args.tight_box_prob,
+                        loose_box_prob=args.loose_box_prob, tail_split=args.tail_split,
+                        encoder_lr_scale=args.encoder_lr_scale)
     start = time.perf_counter()
     path = finetune(args.data, args.out, model=args.model, epochs=args.epochs, settings=settings, resume=args.resume,
                     device=args.device, embeddings=args.embeddings, cache_dir=args.cache_dir, progress=not args.no_progress)

@@ -7,6 +7,7 @@ inputs through `processing.decoder_inputs`, the same code that orders and transf
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from sammed_edge.runtime import metrics, processing
@@ -45,6 +46,41 @@ def jittered_box(mask: np.ndarray, rng: np.random.Generator, region: tuple[int, 
     x0, x1 = np.clip(sorted((x0, x1)), 0, width - 1)
     y0, y1 = np.clip(sorted((y0, y1)), 0, height - 1)
     return np.array([x0, y0, x1, y1], dtype=np.float64)
+
+
+def tight_box(mask: np.ndarray, region: tuple[int, int] | None = None) -> np.ndarray:
+    """The mask's tight box (x0, y0, x1, y1), inclusive pixel indices, as the evaluator's box mode prompts."""
+    return metrics.box_from_mask(_crop(mask, region)).astype(np.float64)
+
+
+def loose_box(mask: np.ndarray, rng: np.random.Generator, region: tuple[int, int] | None = None,
+              grow: tuple[float, float] = (0.05, 0.25)) -> np.ndarray:
+    """The tight box grown on each edge by a random share (uniform in `grow`) of its side, inside the region:
+    a box dragged generously around the object."""
+    crop = _crop(mask, region)
+    x0, y0, x1, y1 = metrics.box_from_mask(crop).astype(np.float64)
+    width, height = x1 - x0 + 1, y1 - y0 + 1
+    left, top, right, bottom = rng.uniform(*grow, 4) * np.array([width, height, width, height])
+    rows, cols = crop.shape
+    return np.array([max(0.0, np.floor(x0 - left)), max(0.0, np.floor(y0 - top)),
+                     min(cols - 1.0, np.ceil(x1 + right)), min(rows - 1.0, np.ceil(y1 + bottom))])
+
+
+def inner_click(mask: np.ndarray, rng: np.random.Generator, region: tuple[int, int] | None = None,
+                depth: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
+    """One positive click anywhere inside the object, as users click: a random pixel whose distance to the
+    background is at least `depth` times the object's largest such distance (any object pixel if none).
+
+    Returns:
+        coords 1 x 2 float64 (x, y), labels (1,) int64.
+    """
+    crop = _crop(mask, region)
+    distance = cv2.distanceTransform(np.pad(crop, 1).astype(np.uint8), cv2.DIST_L2, 3)[1:-1, 1:-1]
+    rows, cols = np.nonzero(distance >= depth * distance.max())
+    if not len(rows):
+        rows, cols = np.nonzero(crop)
+    pick = int(rng.integers(len(rows)))
+    return np.array([[cols[pick], rows[pick]]], dtype=np.float64), np.array([1], dtype=np.int64)
 
 
 def random_points(mask: np.ndarray, count: int, rng: np.random.Generator,

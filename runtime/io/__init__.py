@@ -4,7 +4,7 @@ DICOM and NIfTI need the `medical` extra (pydicom, nibabel) and DICOM-SEG the `d
 are imported only when such a file is read or written.
 """
 
-from .dataset import MaskItem, default_data_root, read_dataset
+from .dataset import MaskItem, cap_per_source, default_data_root, read_dataset, read_datasets, select_sources
 from .dicom import DECODER_ADVICE, DicomImage, decoder_advice, dicom_nifti_affine, read_dicom
 from .images import INTENSITY_POLICIES, PERCENTILES, WINDOW_PRESETS, read_image, read_mask
 from .nifti import NiftiSlice, read_nifti_slice
@@ -19,13 +19,16 @@ __all__ = [
     "PERCENTILES",
     "WINDOW_PRESETS",
     "decoder_advice",
+    "cap_per_source",
     "default_data_root",
     "dicom_nifti_affine",
     "read_dataset",
+    "read_datasets",
     "read_dicom",
     "read_image",
     "read_mask",
     "read_nifti_slice",
+    "select_sources",
     "write_dicom_seg",
     "write_label_png",
     "write_mask_png",

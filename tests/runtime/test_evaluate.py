@@ -246,7 +246,7 @@ def test_oracle_dice_prompts_and_aggregation(oracle_data):
     assert summary["by_source"]["S1"]["dice"]["clicks"] == 90.0 and summary["by_source"]["S2"]["dice"]["box"] == 77.5
     assert summary["overall"]["clicks"] == {"dice": [81.67] * 3, "auc": 81.67}
     assert result["settings"] == {"label": "oracle", "family": "sam_med2d", "input_size": 256,
-                                  "modes": list(ev.MODES), "num_clicks": 3, "seed": 0}
+                                  "modes": list(ev.MODES), "num_clicks": 3, "seed": 0, "zoom": None}
 
 
 def test_click_protocol_follows_the_largest_error_and_stops_early():
@@ -433,7 +433,7 @@ def test_cli_flags_and_run(tiny_predictor, textured_data, tmp_path, capsys):
         with pytest.raises(SystemExit):
             parse(bad)
     defaults = parse([])
-    assert defaults.data == default_data_root() and defaults.clicks == 5 and defaults.seed == 0 and not defaults.no_progress
+    assert defaults.data == [default_data_root()] and defaults.clicks == 5 and defaults.seed == 0 and not defaults.no_progress
 
 
 def test_evaluation_runs_without_torch(oracle_data):
@@ -479,3 +479,28 @@ def test_real_dev_set_quick_run(tiny_predictor, shared, tmp_path, capsys):
         assert record["mask"].startswith("masks/") and record["image"].startswith("images/") and record["modality"]
         assert all(0.0 <= value <= 1.0 for value in record["dice"].values())
     assert (tmp_path / "dev" / "dice_vs_clicks.png").is_file()
+
+
+def test_several_datasets_per_source_cap_and_zoom_flags(tiny_predictor, textured_data, tmp_path, capsys):
+    other = tmp_path / "other"
+    shutil.copytree(textured_data, other)
+    args = parse(["--data", str(textured_data), str(other), "--modes", "box", "clicks", "--clicks", "2",
+                  "--out", str(tmp_path / "two"), "--no-progress"])
+    assert ev.run(args, tiny_predictor, "x") == 0
+    both = ev.load_result(tmp_path / "two")
+    assert both["summary"]["count"]["items"] == 2 * len(read_dataset(textured_data))
+    args = parse(["--data", str(textured_data), "--per-source", "1", "--modes", "box", "--out", str(tmp_path / "cap"),
+                  "--no-progress"])
+    assert ev.run(args, tiny_predictor, "x") == 0
+    assert ev.load_result(tmp_path / "cap")["summary"]["count"]["items"] == 1
+    # zoom on every box and click: windows recorded, masks still at the image's size
+    args = parse(["--data", str(textured_data), "--modes", "box", "clicks", "--clicks", "2", "--zoom", "all",
+                  "--zoom-max-fraction", "1.0", "--zoom-min-side", "8", "--out", str(tmp_path / "zoom"), "--no-progress"])
+    assert ev.run(args, tiny_predictor, "x") == 0
+    zoomed = ev.load_result(tmp_path / "zoom")
+    assert zoomed["settings"]["zoom"]["boxes"] and zoomed["settings"]["zoom"]["clicks"]
+    assert all("zoom" in record for record in zoomed["items"] if "dice" in record)
+    with pytest.raises(SystemExit):
+        parse(["--zoom", "sometimes"])
+    assert ev.run(parse(["--data", str(textured_data), str(textured_data)]), tiny_predictor, "x") == 2
+    assert "twice" in capsys.readouterr().err

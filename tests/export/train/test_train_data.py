@@ -65,6 +65,69 @@ def test_load_mask_set(tiny_dataset):
     masks = load_mask_set(items, policy, progress=False)
     assert len(masks) == len(items) and masks.masks.shape == (len(items), 64, 64)
     assert len(masks.images) == len(items) // 2
-    assert all(masks.images[j] == item.image for j, item in zip(masks.image_index, masks.items))
+    assert all(masks.images[j].path == item.image and masks.images[j].view.identity for j, item in zip(masks.image_index, masks.items))
     for truth, (height, width) in zip(masks.masks, masks.regions):
         assert truth.any() and not truth[height:].any() and not truth[:, width:].any()
+
+
+def test_leave_sources_out_in_rounds(tiny_dataset):
+    from sammed_edge.export.train.data import leave_sources_out
+
+    items = read_dataset(tiny_dataset)
+    first = [item for item in items if item.source in ("ct-a", "ct-b", "us-a")]
+    second = [item for item in items if item.source in ("mr-a", "mr-b")]
+    # one dataset: the plain rule
+    assert leave_sources_out([items]) == validation_sources(items)
+    held = leave_sources_out([first, second])
+    # round 1 holds out one CT source of the first dataset; round 2 one MR source (CT has a single source left)
+    assert sum(s.startswith("ct-") for s in held) == 1 and sum(s.startswith("mr-") for s in held) == 1
+    assert held == leave_sources_out([first, second])  # deterministic
+    assert "us-a" not in held
+
+
+def test_medseg_train_rounds_keep_dev_validation_sources_out(shared):
+    from sammed_edge.export.train.data import leave_sources_out
+
+    dev = read_dataset(shared("data", "medseg-dev"))
+    train = read_dataset(shared("data", "medseg-train"))
+    held = leave_sources_out([dev, train])
+    assert set(validation_sources(dev)) < set(held)
+    # every modality with two or more remaining sources gave one more
+    assert len(held) == 11 and "HVSMR 2016 whole-heart cardiovascular MR" in held and "Kvasir-SEG" in held
+
+
+def test_cap_per_source_is_stable(tiny_dataset):
+    from sammed_edge.runtime.io import cap_per_source
+
+    items = read_dataset(tiny_dataset)
+    capped = cap_per_source(items, 1)
+    assert len(capped) == len({item.source for item in items})
+    assert [i.mask for i in cap_per_source(list(reversed(items)), 1)] == [i.mask for i in reversed(capped)]
+    # a source's choice does not depend on the other sources
+    alone = [item for item in items if item.source == "ct-a"]
+    assert [i.mask for i in cap_per_source(alone, 1)] == [i.mask for i in capped if i.source == "ct-a"]
+    assert cap_per_source(items, None) == items
+    with pytest.raises(ValueError, match=">= 1"):
+        cap_per_source(items, 0)
+
+
+def test_views_in_the_mask_set(tiny_dataset):
+    from sammed_edge.export.train.data import concat_mask_sets
+
+    policy = family_policy("lite_medsam", input_size=64, low_res_size=64)
+    items = read_dataset(tiny_dataset)
+    plain = load_mask_set(items, policy, progress=False)
+    viewed = load_mask_set(items, policy, progress=False, views=3, seed=1)
+    again = load_mask_set(items, policy, progress=False, views=3, seed=1)
+    assert [ref.view for ref in viewed.images] == [ref.view for ref in again.images]  # views are seeded
+    assert len(viewed.images) == 4 * len(plain.images) or len(viewed.images) > len(plain.images)
+    assert len({int(g) for g in viewed.image_group}) == len(plain.images)
+    identity = [i for i, ref in enumerate(viewed.images) if ref.view.identity]
+    assert len(identity) == len(plain.images)
+    # one view of every image per epoch: every image's masks exactly once
+    epoch = viewed.epoch_indices(np.arange(len(viewed)), np.random.default_rng(0))
+    groups = viewed.image_group[viewed.image_index[epoch]]
+    assert sorted(set(groups.tolist())) == sorted(set(viewed.image_group.tolist()))
+    assert all(len(set(viewed.image_index[epoch][groups == g].tolist())) == 1 for g in set(groups.tolist()))
+    both = concat_mask_sets(plain, viewed)
+    assert len(both) == len(plain) + len(viewed) and both.images[both.image_index[-1]] == viewed.images[viewed.image_index[-1]]

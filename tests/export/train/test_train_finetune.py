@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from sammed_edge.export.train import finetune as ft
-from sammed_edge.export.train.data import load_mask_set
+from sammed_edge.export.train.data import load_mask_set, split_by_source
 from sammed_edge.runtime.io import read_dataset
 
 TINY = ft.Settings(batch_size=4, iterations=2, lr=1e-3, val_clicks=3)
@@ -119,9 +120,45 @@ def test_bfloat16_passes_keep_float32_weights(tiny_lite, tiny_dataset):
 
 def test_evaluator_on_the_validation_sources(tiny_lite, tiny_dataset, tmp_path, capsys):
     result = ft.evaluate_validation(tiny_lite, tiny_dataset, tmp_path / "report", num_clicks=2, progress=False, label="tiny")
-    held = {item.source for item in ft.split_by_source(read_dataset(tiny_dataset))[1]}
+    held = {item.source for item in split_by_source(read_dataset(tiny_dataset))[1]}
     assert {record["source"] for record in result["items"]} == held
     assert result["summary"]["count"]["evaluated"] == 8
     assert len(result["summary"]["overall"]["clicks"]["dice"]) == 2
     assert (tmp_path / "report" / "evaluation.json").is_file()
     assert "box" in capsys.readouterr().out
+
+
+def test_views_encoder_tail_and_schedule_resume_exactly(make_lite, tiny_dataset, tmp_path):
+    """The recipe's levers together (augmented views, the encoder's last stage and neck trained on cached
+    features, cosine schedule, loose/tight boxes, clicks anywhere): trains the tail, resumes bit for bit."""
+    settings = dataclasses.replace(TINY, views=2, trainable=("decoder", "prompt_encoder", "encoder_tail"), tail_split=3,
+                                   schedule="cosine", schedule_epochs=2, warmup=0.2, tight_box_prob=0.3, loose_box_prob=0.3,
+                                   anywhere_prob=0.5, val_per_source=2, bf16=True)
+    cache = tmp_path / "cache"
+    model = make_lite()
+    early = {k: v.clone() for k, v in model.image_encoder.state_dict().items()}
+    straight = _run(tiny_dataset, tmp_path / "straight", model, 2, cache, settings=settings)
+    changed = {k for k, v in model.image_encoder.state_dict().items() if not torch.equal(early[k], v)}
+    assert changed and all(k.startswith(("layers.3.", "neck.")) for k in changed)
+    weights = load_file(str(straight))
+    assert any(k.startswith("image_encoder.layers.3.") for k in weights) and any(k.startswith("image_encoder.neck.") for k in weights)
+    assert not any(k.startswith("image_encoder.layers.2.") for k in weights)
+    split = json.loads((tmp_path / "straight" / "split.json").read_text())
+    assert split["train_view_masks"] > 0 and split["validation_per_source"] == 2
+    assert split["validation_masks"] == 2 * len(split["validation_sources"])
+    _run(tiny_dataset, tmp_path / "split", make_lite(), 1, cache, settings=settings)
+    resumed = _run(tiny_dataset, tmp_path / "split", make_lite(), 2, cache, settings=settings, resume=True)
+    a, b = load_file(str(straight)), load_file(str(resumed))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    rows = list(csv.DictReader((tmp_path / "straight" / ft.METRICS).open()))
+    assert float(rows[2]["lr"]) < float(rows[1]["lr"]) < settings.lr  # cosine decay
+
+
+def test_learning_rate_schedule():
+    cosine = dataclasses.replace(TINY, schedule="cosine", warmup=0.1)
+    scales = [ft.learning_rate_scale(cosine, step, 100) for step in range(100)]
+    assert scales[0] == pytest.approx(0.1) and max(scales) == pytest.approx(1.0, abs=0.01)
+    assert scales[-1] < 0.02 and all(a >= b for a, b in zip(scales[10:], scales[11:]))
+    assert ft.learning_rate_scale(TINY, 50, 100) == 1.0
+    with pytest.raises(ValueError, match="schedule"):
+        ft.finetune("nowhere", "nowhere", model="custom-model-not-loaded", settings=dataclasses.replace(TINY, schedule="step"))
