@@ -51,6 +51,7 @@ from ..models.student import StudentEncoder, init_from_teacher
 from ..models.tiny_vit import TinyViT
 from ..pipeline import default_pool
 from . import finetune as ft
+from . import loop, records
 from .data import ImageRef, load_image, load_mask_set, split_by_source
 from .embeddings import EmbeddingCache
 
@@ -253,7 +254,7 @@ def distill(
                                    student=settings.student if student is None else "custom")
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     checkpoint_path = out / CHECKPOINT
-    state = ft.read_resume_state(checkpoint_path, FORMAT, settings.to_dict()) if resume else None
+    state = records.read_resume_state(checkpoint_path, FORMAT, settings.to_dict()) if resume else None
 
     rng = np.random.default_rng(settings.seed)
     torch.manual_seed(settings.seed)
@@ -288,12 +289,12 @@ def distill(
     optimizer = torch.optim.AdamW(encoder.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     steps_per_epoch = math.ceil(len(paths) / settings.batch_size)
     total_steps = steps_per_epoch * settings.epochs
-    val_store = ft.ImageStore(student, masks.images, "online")
+    val_store = loop.ImageStore(student, masks.images, "online")
     val_index = np.arange(len(masks))
 
     def validation() -> dict[str, Any]:
         mse = embedding_error(encoder, val_inputs.to(device), val_targets.to(device), settings.batch_size)
-        result = ft.validate(student, val_store, masks, val_index, settings.batch_size, settings.val_clicks, device, progress)
+        result = loop.validate(student, val_store, masks, val_index, settings.batch_size, settings.val_clicks, device, progress)
         return {"val_mse": mse, "val_box": result["box"], "val_clicks": result["clicks"]}
 
     history: list[dict[str, Any]] = []
@@ -345,7 +346,7 @@ def distill(
             best = {"epoch": epoch, "val_box": row["val_box"], "encoder": _encoder_state(student)}
         log.info("epoch %d: train mse %.5f, validation mse %.5f, box %.2f, clicks %s (%.0f s)%s", epoch, row["train_mse"],
                  row["val_mse"], row["val_box"], row["val_clicks"], row["seconds"], " *" if best["epoch"] == epoch else "")
-        ft._save_checkpoint(checkpoint_path, {
+        records.save_checkpoint(checkpoint_path, {
             "format": FORMAT, "settings": settings.to_dict(), "epoch": epoch, "step": step,
             "encoder": {k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()},
             "optimizer": optimizer.state_dict(),
@@ -374,10 +375,10 @@ def _write_outputs(out: Path, history: list[dict[str, Any]], best: dict[str, Any
             flat = {key: row.get(key) for key in fields}
             flat.update({f"val_click{k + 1}": value for k, value in enumerate(row["val_clicks"])})
             flat["selected"] = int(row["epoch"] == best["epoch"])
-            writer.writerow({key: ft._csv_value(value) for key, value in flat.items()})
+            writer.writerow({key: records.csv_value(value) for key, value in flat.items()})
     metadata = {"settings": json.dumps(settings.to_dict()), "epoch": str(best["epoch"]), "stage": "embeddings",
                 "validation": json.dumps(next(row for row in history if row["epoch"] == best["epoch"]), default=str)}
-    return ft.save_weights(best["encoder"], out / WEIGHTS, metadata)
+    return records.save_weights(best["encoder"], out / WEIGHTS, metadata)
 
 
 def prompt_stage(student: SamModel, best: dict[str, Any], data: str | Path, out: Path, settings: DistillSettings, epochs: int,

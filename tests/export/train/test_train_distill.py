@@ -89,7 +89,7 @@ def test_distillation_lowers_the_embedding_error(make_lite, tiny_dataset, tmp_pa
 def test_resume_after_an_interruption_matches(make_lite, tiny_dataset, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     _run(tiny_dataset, tmp_path / "straight", make_lite(), cache)
-    original = ds.ft._save_checkpoint
+    original = ds.records.save_checkpoint
     calls = {"n": 0}
 
     def save_then_stop(path, payload):
@@ -98,10 +98,10 @@ def test_resume_after_an_interruption_matches(make_lite, tiny_dataset, tmp_path,
         if payload["epoch"] == 1:
             raise KeyboardInterrupt  # the run dies right after epoch 1's checkpoint
 
-    monkeypatch.setattr(ds.ft, "_save_checkpoint", save_then_stop)
+    monkeypatch.setattr(ds.records, "save_checkpoint", save_then_stop)
     with pytest.raises(KeyboardInterrupt):
         _run(tiny_dataset, tmp_path / "cut", make_lite(), cache)
-    monkeypatch.setattr(ds.ft, "_save_checkpoint", original)
+    monkeypatch.setattr(ds.records, "save_checkpoint", original)
     _run(tiny_dataset, tmp_path / "cut", make_lite(), cache, resume=True)
     a = torch.load(tmp_path / "straight" / ds.CHECKPOINT, weights_only=True)
     b = torch.load(tmp_path / "cut" / ds.CHECKPOINT, weights_only=True)
