@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from sammed_edge.runtime import processing
-from sammed_edge.runtime.io import default_data_root, read_dataset
+from sammed_edge.runtime.io import cap_per_source, default_data_root, read_dataset
 from sammed_edge.runtime.progress import ProgressBar
 
 from ..models import SamModel, build_model, list_models, load_model
@@ -52,7 +52,7 @@ from ..models.tiny_vit import TinyViT
 from ..pipeline import default_pool
 from . import finetune as ft
 from . import loop, records
-from .data import ImageRef, load_image, load_mask_set, split_by_source
+from .data import ImageRef, leave_sources_out, load_image, load_mask_set
 from .embeddings import EmbeddingCache
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,9 @@ class DistillSettings:
         bf16: bfloat16 autocast for the student's training passes.
         limit_train: train on the first N images only (quick runs).
         val_clicks: clicks of the validation protocol.
+        val_per_source: at most that many validation masks per source (None: all).
+        prompt_recipe: `finetune.Settings` fields for stage 2 beyond its defaults (views, schedule, prompt
+            sampling, ...), e.g. the teacher's fine-tuning recipe; batch size, seeds, bf16 and clicks come from here.
     """
 
     teacher: str = "lite_medsam_clicks"
@@ -101,6 +104,8 @@ class DistillSettings:
     bf16: bool = False
     limit_train: int | None = None
     val_clicks: int = 5
+    val_per_source: int | None = None
+    prompt_recipe: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -213,7 +218,7 @@ def embedding_error(encoder: torch.nn.Module, inputs: torch.Tensor, targets: tor
 
 
 def distill(
-    data: str | Path,
+    data: str | Path | Sequence[str | Path],
     out: str | Path,
     *,
     pool: str | Path | None = None,
@@ -229,7 +234,8 @@ def distill(
     """Distil the teacher's image encoder into the student and write the kept epoch's weights.
 
     Args:
-        data: dataset in SAM-Med2D's layout with manifest.csv (training images and the validation sources).
+        data: one or more datasets in SAM-Med2D's layout with manifest.csv (training images and the validation
+            sources, split as the fine-tuning stage splits them: `data.leave_sources_out`).
         out: run folder.
         pool: unlabeled images with manifest.csv (optional).
         settings: the run's settings (default `DistillSettings()`).
@@ -261,9 +267,12 @@ def distill(
     teacher = (teacher if teacher is not None else load_model(settings.teacher)).to(device)
     student = make_student(settings, teacher, student).to(device)
 
-    items = read_dataset(data)
-    train_items, val_items = split_by_source(items, settings.split_seed)
-    held = sorted({item.source for item in val_items})
+    roots = [data] if isinstance(data, (str, Path)) else list(data)
+    datasets = [read_dataset(root) for root in roots]
+    held = leave_sources_out(datasets, settings.split_seed)
+    items = [item for dataset in datasets for item in dataset]
+    train_items = [item for item in items if item.source not in held]
+    val_items = cap_per_source([item for item in items if item.source in held], settings.val_per_source, settings.split_seed)
     train_paths = sorted({item.image for item in train_items})
     extra = pool_images(pool, held, settings.pool_limit, settings.seed)
     paths = (train_paths + extra)[: settings.limit_train]
@@ -381,16 +390,35 @@ def _write_outputs(out: Path, history: list[dict[str, Any]], best: dict[str, Any
     return records.save_weights(best["encoder"], out / WEIGHTS, metadata)
 
 
-def prompt_stage(student: SamModel, best: dict[str, Any], data: str | Path, out: Path, settings: DistillSettings, epochs: int,
+def prompt_stage(student: SamModel, best: dict[str, Any], data: str | Path | Sequence[str | Path], out: Path, settings: DistillSettings, epochs: int,
                  resume: bool, device: torch.device, progress: bool) -> Path:
     """Stage 2: fine-tune the kept student encoder with prompts in the loop (decoder frozen); returns its weights."""
     state = {k.removeprefix("image_encoder."): v for k, v in best["encoder"].items()}
     student.image_encoder.load_state_dict(state)
-    recipe = ft.Settings(batch_size=settings.batch_size, lr=settings.lr * 0.1, trainable=("image_encoder",),
-                         seed=settings.seed, split_seed=settings.split_seed, bf16=settings.bf16, val_clicks=settings.val_clicks)
+    recipe = ft.Settings(**{**settings.prompt_recipe, "batch_size": settings.batch_size, "lr": settings.lr * 0.1,
+                            "trainable": ("image_encoder",), "seed": settings.seed, "split_seed": settings.split_seed,
+                            "bf16": settings.bf16, "val_clicks": settings.val_clicks,
+                            "val_per_source": settings.val_per_source, "cache_features": False})
     resume = resume and (out / ft.CHECKPOINT).is_file()
     return ft.finetune(data, out, model=student, epochs=epochs, settings=recipe, resume=resume, device=device,
                        embeddings="online", progress=progress)
+
+
+RECIPE_FIELDS = ("iterations", "box_prob", "interior_prob", "keep_box_prob", "centre_prob", "views", "schedule",
+                 "warmup", "anywhere_prob", "tight_box_prob", "loose_box_prob", "focal_weight", "iou_weight")
+
+
+def read_recipe(path: str | Path) -> dict[str, Any]:
+    """The prompt-sampling and schedule fields of a fine-tuning run's settings (JSON, or a weights file's metadata)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as handle:
+            settings = json.loads((handle.metadata() or {}).get("settings", "{}"))
+    else:
+        settings = json.loads(path.read_text())
+    return {key: settings[key] for key in RECIPE_FIELDS if key in settings}
 
 
 # -------------------------------------------------------------------------------------------------------- CLI
@@ -399,8 +427,10 @@ def prompt_stage(student: SamModel, best: dict[str, Any], data: str | Path, out:
 def main(argv: list[str] | None = None) -> int:
     defaults = DistillSettings()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=default_data_root(), metavar="DIR",
-                        help="dataset in SAM-Med2D's layout (default: $SAMMED_DATA or ../shared/data/medseg-dev)")
+    default_data = default_data_root()
+    parser.add_argument("--data", type=Path, nargs="+", default=None if default_data is None else [default_data], metavar="DIR",
+                        help="one or more datasets in SAM-Med2D's layout, split by source as fine-tuning splits them "
+                             "(default: $SAMMED_DATA or ../shared/data/medseg-dev)")
     parser.add_argument("--pool", type=Path, default=None, metavar="DIR",
                         help="unlabeled images with manifest.csv (default: unlabeled-pool beside the dataset, when present)")
     parser.add_argument("--no-pool", action="store_true", help="train on the dataset's images only")
@@ -415,6 +445,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pool-limit", type=int, default=defaults.pool_limit, help="at most N pool images (default %(default)s)")
     parser.add_argument("--limit-train", type=int, default=None, metavar="N", help="train on the first N images only (quick runs)")
     parser.add_argument("--val-clicks", type=int, default=defaults.val_clicks, help="clicks of the validation protocol (default %(default)s)")
+    parser.add_argument("--val-per-source", type=int, default=None, metavar="N", help="at most N validation masks per source")
+    parser.add_argument("--prompt-recipe", type=Path, default=None, metavar="JSON",
+                        help="stage 2's fine-tuning settings (a JSON object of finetune.Settings fields, or a weights "
+                             ".safetensors whose metadata holds them)")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--split-seed", type=int, default=defaults.split_seed)
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the training passes")
@@ -427,11 +461,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    pool = None if args.no_pool else (args.pool or default_pool(args.data))
+    pool = None if args.no_pool else (args.pool or default_pool(args.data[0] if args.data else None))
     settings = DistillSettings(
         teacher=args.teacher, student=args.student, init=args.init, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, pool_limit=args.pool_limit, seed=args.seed, split_seed=args.split_seed, bf16=args.bf16,
-        limit_train=args.limit_train, val_clicks=args.val_clicks,
+        limit_train=args.limit_train, val_clicks=args.val_clicks, val_per_source=args.val_per_source,
+        prompt_recipe=read_recipe(args.prompt_recipe) if args.prompt_recipe else {},
     )
     try:
         weights = distill(args.data, args.out, pool=pool, settings=settings, resume=args.resume, device=args.device,
