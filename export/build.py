@@ -105,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
                              "target's measured choice; inside: between the two products, as SAM writes it (the "
                              "onnxruntime targets); after: the second product divided by the sums (the OpenVINO "
                              "targets, where it is faster) (docs/exporters.md)")
+    parser.add_argument("--export-cache", type=Path, metavar="DIR",
+                        help="keep the verified fp32 graphs here and reuse them in later builds of the same model, "
+                             "export settings and checks (e.g. several targets of one checkpoint)")
     parser.add_argument("--verify-images", type=int, default=BuildOptions.verify_images, help="real images used by the checks")
     parser.add_argument("--data", type=Path, help="image folder in SAM-Med2D's layout for the checks")
     parser.add_argument("--calib", type=Path, help="calibration source: a dataset in SAM-Med2D's layout or a folder of images "
@@ -152,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     options = BuildOptions(exporter=args.exporter, opset=args.opset, slim=not args.no_slim, verify_images=args.verify_images,
                            fuse=not args.no_fuse, gate=not args.no_gate, decoder_form=args.decoder_form,
                            encoder_form=args.encoder_form, embedding_layout=args.embedding_layout,
-                           decoder_softmax=args.decoder_softmax, nncf_preset=args.nncf_preset)
+                           decoder_softmax=args.decoder_softmax, nncf_preset=args.nncf_preset, export_cache=args.export_cache)
     stages: list[pipeline.Stage] = []
     if args.finetune_data or args.distill:
         chain = pipeline.ChainOptions(

@@ -10,7 +10,6 @@ failure leaves no bundle behind.
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import logging
 import shutil
 import sys
@@ -30,6 +29,7 @@ from sammed_edge.runtime.sysinfo import tool_versions
 from . import graphs, quantize
 from .gate import BOX_BUDGET, POINT_BUDGET, accuracy_gate
 from .calibration import CalibrationSet
+from .fp32_stage import fuse_graphs, verified_fp32_graphs
 from .models.sam import SamModel
 from .predictor import TorchPredictor
 
@@ -159,6 +159,7 @@ class BuildOptions:
     encoder_form: str = "auto"  # "auto": the target's form (Target.encoder_form), else one of graphs.ENCODER_FORMS
     embedding_layout: str = "auto"  # "auto": the target's (Target.embedding_layout), else one of graphs.EMBEDDING_LAYOUTS
     decoder_softmax: str = "auto"  # "auto": the target's (Target.decoder_softmax), else one of graphs.SOFTMAX_PLACEMENTS
+    export_cache: Path | None = None  # verified fp32 exports kept for later builds (fp32_stage.py); None: none kept
 
     def exporter_record(self) -> dict[str, Any]:
         """The export settings as the manifest's provenance records them."""
@@ -243,75 +244,6 @@ def check_predictor(model: SamModel, bundle_dir: Path, images: Sequence[np.ndarr
     if worst < 0.999:
         raise graphs.VerificationError(f"runtime Predictor masks agree with PyTorch on only {worst:.4%} of pixels")
     return {"images": len(images), "min_mask_agreement": round(worst, 6)}
-
-
-def _fusion_feeds(model: SamModel, fp32_dir: Path, images: Sequence[np.ndarray]) -> dict[str, list[dict[str, np.ndarray]]]:
-    """Real inputs for comparing fused and unfused graphs: preprocessed images for the encoder; their embeddings
-    (unfused encoder) with `graphs.prompt_cases` for the decoder."""
-    from sammed_edge.kernels.onnx import runner
-    from sammed_edge.runtime import processing
-    import onnx
-
-    policy = model.processing_policy()
-    encode = runner(onnx.load(str(fp32_dir / "encoder.onnx")), "onnxruntime")
-    contract = graphs.encoder_contract(model)
-    feeds: dict[str, list[dict[str, np.ndarray]]] = {"encoder": [], "decoder": []}
-    for image in images:
-        tensor, geometry = processing.preprocess_image(image, policy)
-        encoder_feeds = {contract.input_names[0]: tensor}
-        feeds["encoder"].append(encoder_feeds)
-        embedding = encode(encoder_feeds)[contract.output_names[0]]
-        for prompts in graphs.prompt_cases(geometry.original_size, policy):
-            case = processing.decoder_inputs(prompts, geometry, policy)
-            feeds["decoder"].append({**case, "image_embeddings": embedding})
-    return feeds
-
-
-def fuse_graphs(model: SamModel, target: Target, fp32_dir: Path, images: Sequence[np.ndarray]) -> dict[str, dict[str, Any]]:
-    """Rewrite the attention of the verified fp32 graphs in `fp32_dir` into fused nodes where that is the measured
-    better choice for the target's backend (`kernels.onnx.RECOMMENDED`), in place; graphs quantized to int8 stay
-    unfused.
-
-    Each fused graph is checked against its unfused original on real images (1e-4 relative); returns the manifest
-    record per graph: applied or not (and why), the fused operator, node counts per fusion and the largest
-    relative difference.
-
-    Raises:
-        kernels.onnx.FusionVerificationError: a fused graph disagrees with the unfused one.
-    """
-    import onnx
-
-    from sammed_edge.kernels.onnx import TARGETS as FUSION_TARGETS
-    from sammed_edge.kernels.onnx import fuse_attention, fusion_guard, recommended, verify_fusion
-
-    backend = target.backend if target.backend in FUSION_TARGETS else None
-    records: dict[str, dict[str, Any]] = {}
-    feeds = None
-    for name in GRAPHS:
-        path = fp32_dir / f"{name}.onnx"
-        if backend is None:
-            records[name] = {"applied": False, "reason": f"no fusion for the {target.backend} backend"}
-            continue
-        if target.plan(name).precision == "int8":
-            # onnxruntime's quantizer mistakes the standard Attention for its contrib operator of the same name
-            records[name] = {"applied": False, "reason": "int8 graphs are quantized unfused"}
-            continue
-        unfused = onnx.load(str(path))
-        op = recommended(backend, name)
-        reason = fusion_guard(unfused, backend, op) if op else f"not faster on {backend} (docs/fusion.md)"
-        if reason is not None:
-            records[name] = {"applied": False, "reason": reason}
-            continue
-        fused, counts = fuse_attention(unfused, target=backend, op=op)
-        if not any(counts.values()):
-            records[name] = {"applied": False, "reason": "no attention pattern matched", "counts": counts}
-            continue
-        feeds = feeds or _fusion_feeds(model, fp32_dir, images)
-        report = verify_fusion(unfused, fused, feeds[name], backend=backend)
-        onnx.save(fused, str(path))
-        records[name] = {"applied": True, "op": op, "counts": counts,
-                         "max_relative_diff": max(r["relative"] for r in report.values())}
-    return records
 
 
 def _convert(target: Target, graph: str, fp32_onnx: Path, out_dir: Path, calib: CalibrationSet | None,
@@ -430,29 +362,14 @@ def build_bundle(
     fp32_dir.mkdir()
     bundle_dir.mkdir()
     try:
-        exported: dict[str, dict[str, Any]] = {}
-        form = encoder_form(model, target, options)
-        layout, softmax = embedding_layout(target, options), decoder_softmax(target, options)
-        for name, export in (("encoder", functools.partial(graphs.export_encoder, form=form, layout=layout)),
-                             ("decoder", functools.partial(graphs.export_decoder, form=options.decoder_form, layout=layout,
-                                                           softmax=softmax))):
-            done = _step(f"export {name}", seconds)
-            path = export(model, fp32_dir / f"{name}.onnx", exporter=options.exporter, opset=options.opset)
-            exported[name] = {"onnxslim": graphs.slim(path) if options.slim else None}
-            done()
-        exported["encoder"]["form"] = form
-        exported["decoder"]["form"] = options.decoder_form
-        if options.decoder_form == "factored":
-            exported["decoder"]["softmax"] = softmax
-        for name in GRAPHS:
-            exported[name]["embedding_layout"] = layout
-        verification: dict[str, Any] = {}
-        done = _step(f"verify fp32 ONNX graphs against PyTorch on {len(images)} images", seconds)
-        verification["onnx_fp32"] = {
-            "encoder": graphs.verify_encoder(model, fp32_dir / "encoder.onnx", images, options.tolerance["encoder"], layout),
-            "decoder": graphs.verify_decoder(model, fp32_dir / "decoder.onnx", images, options.tolerance["decoder"], layout),
-        }
-        done()
+        layout = embedding_layout(target, options)
+        settings = {"exporter": options.exporter, "opset": options.opset, "slim": options.slim,
+                    "encoder_form": encoder_form(model, target, options), "decoder_form": options.decoder_form,
+                    "decoder_softmax": decoder_softmax(target, options), "embedding_layout": layout}
+        stage = verified_fp32_graphs(model, fp32_dir, images, settings, options.tolerance, lambda name: _step(name, seconds),
+                                     options.export_cache)
+        exported = stage["exported"]
+        verification: dict[str, Any] = {"onnx_fp32": stage["onnx_fp32"]}
 
         if options.fuse:
             done = _step("fuse attention", seconds)
@@ -493,6 +410,7 @@ def build_bundle(
                 "checkpoint": {"path": str(checkpoint) if checkpoint else None,
                                "sha256": bundle_schema.sha256_file(checkpoint) if checkpoint and Path(checkpoint).is_file() else None},
                 "exporter": options.exporter_record(),
+                "export_cache": stage.get("cache"),
                 "calibration": calibration.describe() if calibration is not None and target.reduced else None,
                 "tools": tool_versions(*TOOLS),
                 "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -56,12 +56,41 @@ class VerificationError(RuntimeError):
     """An exported graph disagrees with PyTorch beyond tolerance."""
 
 
+def _neck_is_last(encoder: nn.Module, image_size: int) -> bool:
+    """Whether `encoder`'s output is its neck's output, found by running it once on a blank 1 x 3 x S x S image."""
+    outputs: list[torch.Tensor] = []
+    handle = encoder.neck.register_forward_hook(lambda module, args, output: outputs.append(output))
+    try:
+        with torch.no_grad():
+            result = encoder(torch.zeros(1, 3, image_size, image_size))
+    finally:
+        handle.remove()
+    return len(outputs) == 1 and result is outputs[0]
+
+
+def tokens_step(model: SamModel) -> str:
+    """How the encoder graph lays its output out as tokens (EMBEDDING_LAYOUTS "tokens"), by the model's structure.
+
+    "neck_norm" where the encoder ends with SAM's neck (its output is the neck's, the neck's last layer a
+    LayerNorm2d: SAM's ViT, TinyViT): that LayerNorm runs over the tokens' channel axis after the switch to tokens.
+    "transpose" where it works on after its neck (the student's upsampling and skip) or has no such neck: its
+    output is transposed to tokens as it is.
+    """
+    encoder = model.image_encoder
+    neck = getattr(encoder, "neck", None)
+    if isinstance(neck, nn.Sequential) and isinstance(neck[-1], LayerNorm2d) and _neck_is_last(encoder, model.image_size):
+        return "neck_norm"
+    return "transpose"
+
+
 class EncoderGraph(nn.Module):
     """image (1 x 3 x S x S) -> image_embeddings (1 x C x h x w, or 1 x h w x C in the tokens layout), the encoder
     written in `form` (ENCODER_FORMS).
 
-    In the tokens layout the neck's last LayerNorm runs over the tokens' channel axis, right after the neck's last
-    convolution has been laid out as tokens: the same arithmetic, and no transpose after it.
+    In the tokens layout the output becomes tokens as `tokens_step(model)` says: where the encoder ends with its
+    neck, the neck's last LayerNorm runs over the tokens' channel axis, right after the neck's last convolution
+    has been laid out as tokens (the same arithmetic, and no transpose after it); where it works on after its neck
+    (the student), its output is transposed as it is.
     """
 
     def __init__(self, model: SamModel, form: str = DEFAULT_ENCODER_FORM, layout: str = DEFAULT_EMBEDDING_LAYOUT) -> None:
@@ -77,9 +106,9 @@ class EncoderGraph(nn.Module):
             self.image_encoder = model.image_encoder
         self.layout = layout
         self.body, self.final_norm = self.image_encoder, None
-        neck = getattr(self.image_encoder, "neck", None)
-        if layout == "tokens" and isinstance(neck, nn.Sequential) and isinstance(neck[-1], LayerNorm2d):
+        if layout == "tokens" and tokens_step(model) == "neck_norm":
             # the same modules (no copies) with the neck's last LayerNorm taken off
+            neck = self.image_encoder.neck
             body = copy.copy(self.image_encoder)
             body._modules = dict(self.image_encoder._modules)
             body.neck = neck[:-1]
