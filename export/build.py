@@ -32,6 +32,7 @@ from sammed_edge.export.quantize import OPENVINO_PRESETS
 from sammed_edge.export.graphs import (DECODER_FORMS, EMBEDDING_LAYOUTS, ENCODER_FORMS, EXPORTERS, SOFTMAX_PLACEMENTS,
                                        VerificationError)
 from sammed_edge.export import pipeline
+from sammed_edge.export.train.data import default_pool
 from sammed_edge.export.models import list_models, load_model
 from sammed_edge.export.models.registry import MODELS
 from sammed_edge.export.targets import choose_target
@@ -121,12 +122,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="keep the unfused attention subgraphs (default: fused where measured faster, docs/fusion.md)")
     parser.add_argument("--no-gate", action="store_true", help="record the accuracy gate but do not fail on it (experiments)")
     chain = parser.add_argument_group("training chain (fine-tune -> distill -> quantize -> export; docs/training.md)")
-    chain.add_argument("--finetune-data", type=Path, metavar="DIR", help="fine-tune the prompt encoder and decoder for clicks on this dataset first")
+    chain.add_argument("--finetune-data", type=Path, nargs="+", default=[], metavar="DIR",
+                       help="fine-tune the prompt encoder and decoder for clicks on these datasets first (split by source in rounds)")
     chain.add_argument("--finetune-epochs", type=int, default=pipeline.ChainOptions.finetune_epochs)
     chain.add_argument("--distill", metavar="STUDENT", choices=student_models(),
                        help="distil the (fine-tuned) teacher's encoder into this registered student architecture")
     chain.add_argument("--teacher", default=None, help="the chain's starting model: registered name or checkpoint (default: --model or lite_medsam)")
-    chain.add_argument("--distill-data", type=Path, metavar="DIR", help="dataset of the distillation (default: --finetune-data)")
+    chain.add_argument("--distill-data", type=Path, nargs="+", default=[], metavar="DIR", help="datasets of the distillation (default: --finetune-data)")
     chain.add_argument("--pool", type=Path, metavar="DIR", help="unlabeled images for distillation (default: unlabeled-pool beside the dataset)")
     chain.add_argument("--distill-epochs", type=int, default=pipeline.ChainOptions.distill_epochs)
     chain.add_argument("--prompt-epochs", type=int, default=0, help="distillation epochs with prompts in the loop")
@@ -161,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         chain = pipeline.ChainOptions(
             teacher=str(args.teacher or args.checkpoint or args.model or "lite_medsam"), finetune_data=args.finetune_data,
             finetune_epochs=args.finetune_epochs, distill=args.distill, distill_data=args.distill_data,
-            pool=args.pool if args.pool else (pipeline.default_pool(args.distill_data or args.finetune_data) if args.distill else None),
+            pool=args.pool if args.pool else (default_pool((args.distill_data or args.finetune_data or [None])[0]) if args.distill else None),
             distill_epochs=args.distill_epochs, prompt_epochs=args.prompt_epochs, work=args.work,
         )
         try:

@@ -20,7 +20,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -35,6 +35,11 @@ log = logging.getLogger(__name__)
 STAGE_FORMAT = 1
 STAGE_FILE = "stage.json"
 MODEL_FILE = "model.safetensors"
+
+
+def datasets_digest(folders: "Sequence[str | Path]") -> list[str]:
+    """`tree_digest` of each dataset folder, in the given order (the order decides the split's rounds)."""
+    return [tree_digest(folder) for folder in folders]
 
 
 def tree_digest(folder: str | Path) -> str:
@@ -58,14 +63,6 @@ def checkpoint_digest(checkpoint: str | Path) -> str:
             raise ValueError(f"{name!r} has no weights to start from")
         return sha256_file(fetch())
     return sha256_file(checkpoint)
-
-
-def default_pool(data: str | Path | None) -> Path | None:
-    """`unlabeled-pool` beside a dataset folder, when it exists."""
-    if data is None:
-        return None
-    candidate = Path(data).resolve().parent / "unlabeled-pool"
-    return candidate if (candidate / "manifest.csv").is_file() else None
 
 
 def save_model(model: torch.nn.Module, path: Path) -> Path:
@@ -140,11 +137,11 @@ class ChainOptions:
 
     Attributes:
         teacher: starting model (registered name or checkpoint path).
-        finetune_data: dataset for the fine-tuning stage (None: no fine-tuning).
+        finetune_data: datasets of the fine-tuning stage, split by source in rounds (empty: no fine-tuning).
         finetune_epochs: its epochs.
         distill: registered student architecture (None: no distillation).
         student_overrides: settings of that architecture that differ from its registered ones.
-        distill_data: dataset whose training sources and validation sources the distillation uses (default:
+        distill_data: datasets whose training and validation sources the distillation uses (default:
             finetune_data).
         pool: unlabeled images for distillation (None: none).
         distill_epochs, prompt_epochs: distillation stage-1 and stage-2 epochs.
@@ -154,11 +151,11 @@ class ChainOptions:
     """
 
     teacher: str = "lite_medsam"
-    finetune_data: Path | None = None
+    finetune_data: Sequence[Path] = ()
     finetune_epochs: int = 2
     distill: str | None = None
     student_overrides: dict[str, Any] = field(default_factory=dict)
-    distill_data: Path | None = None
+    distill_data: Sequence[Path] = ()
     pool: Path | None = None
     distill_epochs: int = 6
     prompt_epochs: int = 0
@@ -175,9 +172,9 @@ def plan(options: ChainOptions) -> list[Stage]:
     work = Path(options.work) if options.work is not None else cache_dir() / "pipeline"
     stages: list[Stage] = []
     start = {"checkpoint": options.teacher, "checkpoint_sha256": checkpoint_digest(options.teacher)}
-    if options.finetune_data is not None:
+    if options.finetune_data:
         settings = finetune_stage.Settings(model=str(options.teacher), seed=options.seed, bf16=options.bf16)
-        data = Path(options.finetune_data)
+        data = [Path(folder) for folder in options.finetune_data]
 
         def run_finetune(folder: Path, resume: bool, settings=settings, data=data) -> Path:
             from safetensors.torch import load_file
@@ -190,14 +187,14 @@ def plan(options: ChainOptions) -> list[Stage]:
             model.load_state_dict({**model.state_dict(), **{k: v.float() for k, v in state.items()}})
             return save_model(model, folder / MODEL_FILE)
 
-        stage = Stage("finetune", {**start, "data_sha256": tree_digest(data), "epochs": options.finetune_epochs,
+        stage = Stage("finetune", {**start, "data_sha256": datasets_digest(data), "epochs": options.finetune_epochs,
                                    "settings": settings.to_dict()}, run_finetune, work)
         stages.append(stage)
         start = {"checkpoint": f"finetune-{stage.key}", "upstream_key": stage.key}
     if options.distill is not None:
-        data = Path(options.distill_data or options.finetune_data or "")
         if not options.distill_data and not options.finetune_data:
             raise ValueError("distillation needs a dataset: pass --finetune-data or --distill-data")
+        data = [Path(folder) for folder in (options.distill_data or options.finetune_data)]
         settings = distill_stage.DistillSettings(teacher="custom", student=options.distill,
                                                  student_overrides=dict(options.student_overrides), epochs=options.distill_epochs,
                                                  seed=options.seed, bf16=options.bf16)
@@ -215,7 +212,7 @@ def plan(options: ChainOptions) -> list[Stage]:
             student.load_state_dict({**student.state_dict(), **{k: v.float() for k, v in state.items()}})
             return save_model(student, folder / MODEL_FILE)
 
-        inputs = {**start, "data_sha256": tree_digest(data), "pool_sha256": tree_digest(options.pool) if options.pool else None,
+        inputs = {**start, "data_sha256": datasets_digest(data), "pool_sha256": tree_digest(options.pool) if options.pool else None,
                   "prompt_epochs": options.prompt_epochs, "settings": dataclasses.asdict(settings)}
         stages.append(Stage("distill", inputs, run_distill, work))
     return stages

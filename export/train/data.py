@@ -249,3 +249,11 @@ def concat_mask_sets(first: MaskSet, second: MaskSet) -> MaskSet:
         images=first.images + second.images,
         image_group=np.concatenate([first.image_group, second.image_group + groups]),
     )
+
+
+def default_pool(data: str | Path | None) -> Path | None:
+    """`unlabeled-pool` beside a dataset folder, when it exists."""
+    if data is None:
+        return None
+    candidate = Path(data).resolve().parent / "unlabeled-pool"
+    return candidate if (candidate / "manifest.csv").is_file() else None

@@ -49,10 +49,9 @@ from sammed_edge.runtime.progress import ProgressBar
 from ..models import SamModel, build_model, list_models, load_model
 from ..models.student import StudentEncoder, init_from_teacher
 from ..models.tiny_vit import TinyViT
-from ..pipeline import default_pool
 from . import finetune as ft
 from . import loop, records
-from .data import ImageRef, leave_sources_out, load_image, load_mask_set
+from .data import ImageRef, default_pool, leave_sources_out, load_image, load_mask_set
 from .embeddings import EmbeddingCache
 
 log = logging.getLogger(__name__)

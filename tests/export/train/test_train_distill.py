@@ -119,7 +119,7 @@ def test_chain_stages_are_cached_by_content(tiny_lite, tiny_dataset, tmp_path):
     widths = {k: v for k, v in tiny_lite.config["image_encoder"].items() if k != "type"}
     teacher = build_model("lite_medsam", **{**widths, "img_size": 256})
     save_file({k: v.contiguous() for k, v in teacher.state_dict().items()}, str(teacher_path))
-    options = pipeline.ChainOptions(teacher=str(teacher_path), finetune_data=tiny_dataset, finetune_epochs=1, distill="student",
+    options = pipeline.ChainOptions(teacher=str(teacher_path), finetune_data=[tiny_dataset], finetune_epochs=1, distill="student",
                                     student_overrides={**TINY_STUDENT, "img_size": 256}, distill_epochs=1, bf16=False,
                                     work=tmp_path / "work")
     stages = pipeline.plan(options)
