@@ -121,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-fuse", action="store_true",
                         help="keep the unfused attention subgraphs (default: fused where measured faster, docs/fusion.md)")
     parser.add_argument("--no-gate", action="store_true", help="record the accuracy gate but do not fail on it (experiments)")
+    parser.add_argument("--click-budget", type=float, default=BuildOptions.click_budget,
+                        help="largest Dice drop after click 1 and after click 3 allowed for a reduced-precision decoder "
+                             f"(default {BuildOptions.click_budget})")
     chain = parser.add_argument_group("training chain (fine-tune -> distill -> quantize -> export; docs/training.md)")
     chain.add_argument("--finetune-data", type=Path, nargs="+", default=[], metavar="DIR",
                        help="fine-tune the prompt encoder and decoder for clicks on these datasets first (split by source in rounds)")
@@ -155,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     name = args.checkpoint.stem if args.checkpoint else (args.model or DEFAULT_MODEL)
     checkpoint = args.checkpoint or name
     options = BuildOptions(exporter=args.exporter, opset=args.opset, slim=not args.no_slim, verify_images=args.verify_images,
-                           fuse=not args.no_fuse, gate=not args.no_gate, decoder_form=args.decoder_form,
+                           fuse=not args.no_fuse, gate=not args.no_gate, click_budget=args.click_budget, decoder_form=args.decoder_form,
                            encoder_form=args.encoder_form, embedding_layout=args.embedding_layout,
                            decoder_softmax=args.decoder_softmax, nncf_preset=args.nncf_preset, export_cache=args.export_cache)
     stages: list[pipeline.Stage] = []

@@ -27,7 +27,7 @@ from sammed_edge.runtime.predictor import Predictor
 from sammed_edge.runtime.sysinfo import tool_versions
 
 from . import graphs, quantize
-from .gate import BOX_BUDGET, POINT_BUDGET, accuracy_gate
+from .gate import BOX_BUDGET, CLICK_BUDGET, POINT_BUDGET, accuracy_gate
 from .calibration import CalibrationSet
 from .fp32_stage import fuse_graphs, verified_fp32_graphs
 from .models.sam import SamModel
@@ -155,6 +155,7 @@ class BuildOptions:
     gate: bool = True
     box_budget: float = BOX_BUDGET
     point_budget: float = POINT_BUDGET
+    click_budget: float = CLICK_BUDGET  # gates clicks 1 and 3 when the decoder runs below fp32
     decoder_form: str = graphs.DEFAULT_DECODER_FORM
     encoder_form: str = "auto"  # "auto": the target's form (Target.encoder_form), else one of graphs.ENCODER_FORMS
     embedding_layout: str = "auto"  # "auto": the target's (Target.embedding_layout), else one of graphs.EMBEDDING_LAYOUTS
@@ -428,6 +429,7 @@ def build_bundle(
                 Predictor.from_bundle(fp32_dir, cache_size=0, **check_options("onnxruntime")),
                 Predictor.from_bundle(bundle_dir, cache_size=0, **check_options(target.backend)),
                 calibration.holdout, calibration.holdout_images, options.box_budget, options.point_budget, enforce=options.gate,
+                click_budget=options.click_budget if target.plan("decoder").precision != "fp32" else None,
             )
         else:
             done = _step("check the bundle through the runtime Predictor", seconds)

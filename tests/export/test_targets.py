@@ -156,7 +156,7 @@ def test_openvino_fp32_matches_torch(tiny_model, tmp_path):
 @needs_openvino
 def test_openvino_int8(tiny_model, tmp_path):
     # as for onnx-int8: the random tiny model's drop depends on the CPU's kernels, so the budget is wide here
-    result = build(tiny_model, "ov-int8", tmp_path, box_budget=5.0, point_budget=5.0)
+    result = build(tiny_model, "ov-int8", tmp_path, box_budget=5.0, point_budget=5.0, click_budget=5.0)
     entry = result.manifest["graphs"]["encoder"]
     assert entry["quantization"]["fake_quantize_nodes"] > 0
     # the decoder runs in bf16 where the CPU can, so its IR stores fp16 weights
@@ -166,7 +166,17 @@ def test_openvino_int8(tiny_model, tmp_path):
 
     constants = [op for op in ov.Core().read_model(str(result.path / decoder["file"])).get_ops() if op.get_type_name() == "Constant"]
     assert any(op.get_element_type() == ov.Type.f16 for op in constants)
-    assert result.manifest["verification"]["gate"]["holdout_masks"] > 0
+    gate = result.manifest["verification"]["gate"]
+    assert gate["holdout_masks"] > 0
+    # a bf16 decoder is also judged on clicks 1 and 3 (an fp32 decoder, as onnx-int8's, is not)
+    assert set(gate["drop"]) == {"box", "points1", "click1", "click3"} and gate["budget"]["click3"] == 5.0
+
+
+@needs_openvino
+def test_reduced_decoder_fails_the_build_on_its_click_budget(tiny_model, tmp_path):
+    with pytest.raises(GateError, match=r"click1 Dice .* budget -1\.0"):
+        build(tiny_model, "ov-bf16", tmp_path, box_budget=100.0, point_budget=100.0, click_budget=-1.0)
+    assert not (tmp_path / "ov-bf16").exists()
 
 
 def test_unknown_nncf_preset_is_refused(tmp_path):

@@ -157,7 +157,7 @@ def test_ov_int8_build_writes_the_token_form(tmp_path):
 
     model = _tiny("lite_medsam", **TINY_LITE)
     calib = calibration_set(None, calibration=4, holdout=6)
-    options = BuildOptions(box_budget=100.0, point_budget=100.0)  # a random model: the gate's numbers mean nothing
+    options = BuildOptions(box_budget=100.0, point_budget=100.0, click_budget=100.0)  # a random model: the gate's numbers mean nothing
     result = build_bundle(model, TARGETS["ov-int8"], tmp_path / "b", _images(), "tiny-lite", None, options, calib)
     manifest = load_bundle(result.path).manifest
     assert manifest["graphs"]["encoder"]["form"] == "tokens"
