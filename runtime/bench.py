@@ -260,7 +260,7 @@ def torch_reference(manifest: dict[str, Any], runs: int, threads: int | None) ->
         return None
     checkpoint = manifest["provenance"]["checkpoint"].get("path")
     source = manifest["model"]["name"] if not checkpoint or not Path(checkpoint).is_file() else checkpoint
-    command = [sys.executable, "-m", "sammed_edge.export.reference_bench", "--model", str(source), "--runs", str(runs)]
+    command = [sys.executable, "-m", "sammed_edge.export.studies.reference_bench", "--model", str(source), "--runs", str(runs)]
     if threads:
         command += ["--threads", str(threads)]
     out = subprocess.run(command, capture_output=True, text=True)

@@ -4,7 +4,7 @@
     # counts == {"WindowAttentionFusion": 10, "RelPosAttentionFusion": 0, "CrossAttentionFusion": 0}
 
 The input model is never modified; the unfused graph stays the reference (`verify_fusion` compares the two) and
-the product's default where fusion is not faster (`RECOMMENDED`, measured by `export/compare_fusion.py`).
+the product's default where fusion is not faster (`RECOMMENDED`, measured by `export/studies/compare_fusion.py`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ DISABLE_ENV = "SAMMED_EDGE_DISABLE_ONNX_FUSION"
 TARGETS: dict[str, str] = {"onnxruntime": MHA, "openvino": MHA}
 
 #: The fused operator the product uses by default, per backend and graph, or None to keep the graph unfused:
-#: measured by `python -m sammed_edge.export.compare_fusion` (docs/fusion.md). The standard Attention beat the
+#: measured by `python -m sammed_edge.export.studies.compare_fusion` (docs/fusion.md). The standard Attention beat the
 #: unfused encoders by 3-4 % on both runtimes and onnxruntime's decoder by 4 %; OpenVINO's decoder ran no faster
 #: fused (median ratio 1.01-1.03), so it stays unfused.
 RECOMMENDED: dict[str, dict[str, str | None]] = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sammed_edge.export.bench_targets import NAIVE, naive_bundle
+from sammed_edge.export.studies.bench_targets import NAIVE, naive_bundle
 from sammed_edge.runtime import Predictor
 from sammed_edge.runtime.bundle import load_bundle
 from sammed_edge.runtime.samples import phantom
@@ -31,7 +31,7 @@ def test_naive_bundle_is_unfused_unslimmed_with_onnxruntime_defaults(tiny_bundle
 
 
 def test_interleaved_rows_are_named_by_target_and_rendered(tiny_bundle, tiny_model, tmp_path):
-    from sammed_edge.export.bench_targets import interleaved, markdown
+    from sammed_edge.export.studies.bench_targets import interleaved, markdown
 
     naive = naive_bundle(tiny_bundle, tmp_path / "naive", model=tiny_model)
     turns = interleaved(naive, [tiny_bundle], ["onnx-fp32"], threads=1, rounds=2)
@@ -50,7 +50,7 @@ def test_interleaved_rows_are_named_by_target_and_rendered(tiny_bundle, tiny_mod
 def test_fusion_comparison_times_candidates_in_turns():
     from types import SimpleNamespace
 
-    from sammed_edge.export.compare_fusion import measure
+    from sammed_edge.export.studies.compare_fusion import measure
 
     seen = []
     candidates = [SimpleNamespace(run=lambda feeds, k=k: seen.append(k), feeds={}, times=[1.0]) for k in range(2)]

@@ -1,6 +1,6 @@
 """Measured doc sections are replaced between their markers, keeping the prose around them."""
 
-from sammed_edge.export.doc_sections import write_section
+from sammed_edge.export.studies.doc_sections import write_section
 
 
 def test_write_section_replaces_between_markers_and_appends_otherwise(tmp_path):
@@ -16,7 +16,7 @@ def test_write_section_replaces_between_markers_and_appends_otherwise(tmp_path):
 def test_publish_prints_and_writes_the_section_and_json(tmp_path, capsys):
     import json
 
-    from sammed_edge.export.doc_sections import command_line, publish
+    from sammed_edge.export.studies.doc_sections import command_line, publish
 
     doc, data = tmp_path / "doc.md", tmp_path / "rows.json"
     publish("| a |\n", [{"a": 1}], doc, "tool", data)

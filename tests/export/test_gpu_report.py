@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from sammed_edge.export import gpu_report
+from sammed_edge.export.studies import gpu_report
 from sammed_edge.runtime.samples import phantom
 
 RECORDED = Path(__file__).resolve().parents[2] / "docs" / "gpu-report.json"

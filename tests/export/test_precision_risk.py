@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from sammed_edge.export import precision_risk
+from sammed_edge.export.studies import precision_risk
 
 
 def test_bf16_risk_on_one_dev_image(shared, lite_medsam_model, tmp_path):

@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("openvino")
 
-from sammed_edge.export import profile_openvino  # noqa: E402
+from sammed_edge.export.studies import profile_openvino  # noqa: E402
 from sammed_edge.runtime import Predictor  # noqa: E402
 from sammed_edge.runtime.backends.base import BackendError  # noqa: E402
 

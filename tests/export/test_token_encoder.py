@@ -127,7 +127,7 @@ def test_form_follows_target_and_model(tiny_model):
 def _executed(xml, precision: str) -> Counter:
     import openvino as ov
 
-    from sammed_edge.export.compare_encoder_forms import executed_layers
+    from sammed_edge.export.studies.compare_encoder_forms import executed_layers
 
     core = ov.Core()
     return executed_layers(core.compile_model(core.read_model(str(xml)), "CPU", {"INFERENCE_PRECISION_HINT": precision}))
@@ -168,7 +168,7 @@ def test_ov_int8_build_writes_the_token_form(tmp_path):
 
 @needs_openvino
 def test_compare_tool_reports_both_forms():
-    from sammed_edge.export.compare_encoder_forms import compare, markdown
+    from sammed_edge.export.studies.compare_encoder_forms import compare, markdown
 
     rows = compare(_tiny("lite_medsam", **TINY_LITE), rounds=2, threads=1, calib_images=2, targets=("ov-int8", "ov-fp32"))
     assert [(row["target"], row["form"]) for row in rows] == [(t, f) for t in ("ov-int8", "ov-fp32") for f in graphs.ENCODER_FORMS]

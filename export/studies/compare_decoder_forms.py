@@ -1,6 +1,6 @@
 """Measure the decoder graph's two forms (`graphs.DECODER_FORMS`) against each other on every CPU backend.
 
-    python -m sammed_edge.export.compare_decoder_forms [--model lite_medsam] [--clicks 1 5 10] [--rounds 20]
+    python -m sammed_edge.export.studies.compare_decoder_forms [--model lite_medsam] [--clicks 1 5 10] [--rounds 20]
         [--markdown docs/exporters.md] [--json FILE]
 
 Exports the decoder as the build writes it (TorchScript exporter, onnxslim, attention fused where `kernels.onnx`
@@ -29,10 +29,10 @@ from sammed_edge.runtime.backends import load_backend
 from sammed_edge.runtime.samples import sample_images
 from sammed_edge.runtime.sysinfo import cpu_name, tool_versions
 
-from . import graphs
+from .. import graphs
+from ..models import list_models, load_model
 from .compare_fusion import measure
 from .doc_sections import command_line, publish
-from .models import list_models, load_model
 
 log = logging.getLogger("sammed_edge.compare_decoder_forms")
 BACKENDS = {"onnxruntime fp32": ("onnxruntime", {}), "openvino fp32": ("openvino", {"inference_precision": "fp32"}),
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
     rows = compare(model, args.clicks, args.rounds, args.threads, args.backends or available_backends())
-    text = markdown(rows, command_line("sammed_edge.export.compare_decoder_forms", argv), args.model, args.threads, args.rounds)
+    text = markdown(rows, command_line("sammed_edge.export.studies.compare_decoder_forms", argv), args.model, args.threads, args.rounds)
     publish(text, rows, args.markdown, "decoder_forms", args.json)
     return 0
 

@@ -1,6 +1,6 @@
 """GPU report: a bundle's ONNX graphs on onnxruntime's CUDA provider, and the fp16 / bf16 risk under torch autocast.
 
-    python -m sammed_edge.export.gpu_report --bundle out/lite_medsam-onnx-fp32 --out out/gpu [--parts onnxruntime autocast]
+    python -m sammed_edge.export.studies.gpu_report --bundle out/lite_medsam-onnx-fp32 --out out/gpu [--parts onnxruntime autocast]
 
 Parts (each recorded on its own; one that fails is recorded with its error and the others still run):
     onnxruntime: the bundle's encoder and decoder on the CUDA execution provider against the CPU provider on the
@@ -37,10 +37,10 @@ from sammed_edge.runtime.contract import ENCODER_INPUT
 from sammed_edge.runtime.evaluate import evaluate
 from sammed_edge.runtime.io import default_data_root, read_dataset
 
+from ..models import load_model
+from ..predictor import TorchPredictor
 from . import precision_risk
 from .doc_sections import write_section
-from .models import load_model
-from .predictor import TorchPredictor
 
 PARTS = ("onnxruntime", "autocast")
 DICE_MODES = ("box", "clicks")

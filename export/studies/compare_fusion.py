@@ -1,6 +1,6 @@
 """Measure whether fusing attention makes a bundle's graphs faster on onnxruntime and OpenVINO (CPU).
 
-    python -m sammed_edge.export.compare_fusion --bundle out/lite_medsam-onnx-fp32 [--rounds 30] [--out docs/fusion.md]
+    python -m sammed_edge.export.studies.compare_fusion --bundle out/lite_medsam-onnx-fp32 [--rounds 30] [--out docs/fusion.md]
 
 Fuses the bundle's encoder and decoder for each backend with each fused operator (onnxruntime's
 com.microsoft.MultiHeadAttention, the standard Attention of opset 23), checks every fused graph against the
@@ -30,8 +30,8 @@ from sammed_edge.runtime.bundle import load_bundle
 from sammed_edge.runtime.samples import sample_images
 from sammed_edge.runtime.sysinfo import cpu_name, machine, tool_versions
 
+from ..graphs import prompt_cases
 from .doc_sections import publish
-from .graphs import prompt_cases
 
 log = logging.getLogger("sammed_edge.compare_fusion")
 GRAPHS = ("encoder", "decoder")
@@ -146,7 +146,7 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace, command: str)
     lines = [
         "# Attention fusion: measured",
         "",
-        f"Measured by `python -m sammed_edge.export.compare_fusion {command}` on "
+        f"Measured by `python -m sammed_edge.export.studies.compare_fusion {command}` on "
         f"{info['cpu']} ({info['cores']} cores), {args.threads} threads per session, {args.rounds} interleaved rounds; "
         + ", ".join(f"{k} {v}" for k, v in versions.items()) + ". OpenVINO runs with `INFERENCE_PRECISION_HINT=f32`.",
         "",

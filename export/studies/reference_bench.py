@@ -1,6 +1,6 @@
 """The PyTorch eager reference for `sammed-edge bench`: same protocol, through TorchPredictor, printed as JSON.
 
-    python -m sammed_edge.export.reference_bench --model lite_medsam --runs 10
+    python -m sammed_edge.export.studies.reference_bench --model lite_medsam --runs 10
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import torch
 
 from sammed_edge.runtime.bench import measure_predictor
 
-from .models import load_model
-from .predictor import TorchPredictor
+from ..models import load_model
+from ..predictor import TorchPredictor
 
 
 def main(argv: list[str] | None = None) -> int:

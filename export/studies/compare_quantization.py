@@ -1,6 +1,6 @@
 """Choose the int8 settings by measurement: calibration method and quantized operators, scored by the accuracy gate.
 
-    python -m sammed_edge.export.compare_quantization [--model lite_medsam] [--out docs/quantization.md]
+    python -m sammed_edge.export.studies.compare_quantization [--model lite_medsam] [--out docs/quantization.md]
 
 Exports the fp32 graphs once, then quantizes the encoder with each variant (onnxruntime static QDQ: calibration
 method x operator set; NNCF for OpenVINO), all from the same calibration images, and scores every variant with the
@@ -24,12 +24,12 @@ from sammed_edge.runtime import processing
 from sammed_edge.runtime.predictor import Predictor
 from sammed_edge.runtime.sysinfo import cpu_name, tool_versions
 
-from . import graphs, quantize
-from .bundler import _fp32_manifest, hash_entries
+from .. import graphs, quantize
+from ..bundler import _fp32_manifest, hash_entries
+from ..calibration import calibration_set
+from ..gate import accuracy_gate
+from ..models import load_model
 from .doc_sections import publish
-from .calibration import calibration_set
-from .gate import accuracy_gate
-from .models import load_model
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "ort minmax, Gemm": {"kind": "onnxruntime", "method": "minmax", "ops": ("Gemm",)},

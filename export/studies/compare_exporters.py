@@ -1,6 +1,6 @@
 """Measure which ONNX exporter (and whether onnxslim) gives the fastest graphs in onnxruntime.
 
-    python -m sammed_edge.export.compare_exporters [--model lite_medsam] [--rounds 15] [--out docs/exporters.md]
+    python -m sammed_edge.export.studies.compare_exporters [--model lite_medsam] [--rounds 15] [--out docs/exporters.md]
 
 Exports encoder and decoder with torch's TorchScript-based exporter (opset 17) and with the dynamo exporter
 (opset 18), each raw and cleaned by onnxslim, and times every variant interleaved in one process (onnxruntime CPU,
@@ -24,8 +24,8 @@ from sammed_edge.runtime import processing
 from sammed_edge.runtime.samples import sample_images
 from sammed_edge.runtime.sysinfo import cpu_name
 
-from . import graphs
-from .models import list_models, load_model
+from .. import graphs
+from ..models import list_models, load_model
 
 log = logging.getLogger("sammed_edge.compare_exporters")
 OPSETS = {"torchscript": 17, "dynamo": 18}
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# ONNX exporter choice",
         "",
-        f"Measured by `python -m sammed_edge.export.compare_exporters` ({args.model}, onnxruntime {ort.__version__} CPU, "
+        f"Measured by `python -m sammed_edge.export.studies.compare_exporters` ({args.model}, onnxruntime {ort.__version__} CPU, "
         f"{args.threads} threads, {args.rounds} interleaved rounds; torch {torch.__version__}; {cpu_name()}).",
         "",
         "| graph | exporter | onnxslim | opset | nodes | median ms | p90 ms |",

@@ -1,6 +1,6 @@
 """One benchmark table for every build target of a model, measured in the same run against the naive export.
 
-    python -m sammed_edge.export.bench_targets --bundles out/lite_medsam-onnx-fp32 out/lite_medsam-ov-int8 ... \
+    python -m sammed_edge.export.studies.bench_targets --bundles out/lite_medsam-onnx-fp32 out/lite_medsam-ov-int8 ... \
         --threads 2 --markdown docs/benchmarks.md --json docs/benchmarks-targets.json
 
 Rows:
@@ -37,11 +37,11 @@ from sammed_edge.runtime.bench import turns_table
 from sammed_edge.runtime.bundle import load_bundle, write_manifest
 from sammed_edge.runtime.sysinfo import machine, tool_versions
 
-from .bundler import hash_entries
+from ..bundler import hash_entries
+from ..graphs import export_decoder, export_encoder, graph_node_count
+from ..models import load_model
+from ..models.sam import SamModel
 from .doc_sections import publish
-from .graphs import export_decoder, export_encoder, graph_node_count
-from .models import load_model
-from .models.sam import SamModel
 
 NAIVE = "naive"
 # onnxruntime's own defaults, over the runtime's per-graph memory choices (runtime/predictor.py GRAPH_DEFAULTS)
@@ -84,7 +84,7 @@ def bench_row(bundle: Path | None, threads: int, runs: int, cold_runs: int, mode
     """`sammed-edge bench` of one bundle in a child process (or the torch eager reference when bundle is None)."""
     with tempfile.TemporaryDirectory() as tmp:
         if bundle is None:
-            command = [sys.executable, "-m", "sammed_edge.export.reference_bench", "--model", str(model),
+            command = [sys.executable, "-m", "sammed_edge.export.studies.reference_bench", "--model", str(model),
                        "--runs", str(runs), "--threads", str(threads)]
             out = subprocess.run(command, capture_output=True, text=True, check=True)
             return {"runtime": json.loads(out.stdout.strip().splitlines()[-1]), "process": None}

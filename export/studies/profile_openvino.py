@@ -1,6 +1,6 @@
 """Where a bundle's graphs spend their time in OpenVINO: per layer type and implementation, and the slowest layers.
 
-    python -m sammed_edge.export.profile_openvino --bundle out/lite_medsam-ov-int8 [--graphs encoder decoder]
+    python -m sammed_edge.export.studies.profile_openvino --bundle out/lite_medsam-ov-int8 [--graphs encoder decoder]
         [--runs 5] [--threads 2] [--top 15] [--json FILE]
 
 Loads the bundle through the runtime's OpenVINO backend with the options the bundle records (an onnx-* bundle's

@@ -1,6 +1,6 @@
 """How much accuracy fp16 / bf16 inference costs, measured in PyTorch: the evidence for pinning layers to fp32.
 
-    python -m sammed_edge.export.precision_risk [--model lite_medsam] [--images 8] [--device cpu|cuda]
+    python -m sammed_edge.export.studies.precision_risk [--model lite_medsam] [--images 8] [--device cpu|cuda]
 
 The encoder and decoder graphs' modules run under `torch.autocast` in the reduced dtype (matrix products and
 convolutions reduced, torch's autocast policy for the rest), on real dev-set images with a box prompt per mask,
@@ -25,8 +25,8 @@ from sammed_edge.runtime import metrics, processing
 from sammed_edge.runtime.io.dataset import default_data_root, read_dataset
 from sammed_edge.runtime.io.images import read_image, read_mask
 
-from .graphs import EncoderGraph, decoder_module
-from .models import load_model
+from ..graphs import EncoderGraph, decoder_module
+from ..models import load_model
 
 VARIANTS = ("autocast", "autocast, attention softmax fp32")
 

@@ -1,6 +1,6 @@
 """Measure the encoder graph's two forms (`graphs.ENCODER_FORMS`) on every OpenVINO target, as the build makes them.
 
-    python -m sammed_edge.export.compare_encoder_forms [--model lite_medsam] [--targets ov-int8 ov-bf16 ov-fp32]
+    python -m sammed_edge.export.studies.compare_encoder_forms [--model lite_medsam] [--targets ov-int8 ov-bf16 ov-fp32]
         [--rounds 20] [--calib-images 32] [--markdown docs/exporters.md] [--json FILE]
 
 Exports the encoder in the "model" form (the model's own forward) and the "tokens" form (`token_encoder.py`) and
@@ -32,12 +32,12 @@ from sammed_edge.runtime import processing
 from sammed_edge.runtime.backends import load_backend
 from sammed_edge.runtime.sysinfo import cpu_name, tool_versions
 
-from . import graphs, quantize
-from .bundler import TARGETS
-from .calibration import calibration_set
+from .. import graphs, quantize
+from ..bundler import TARGETS
+from ..calibration import calibration_set
+from ..models import list_models, load_model
 from .compare_fusion import measure
 from .doc_sections import command_line, publish
-from .models import list_models, load_model
 
 log = logging.getLogger("sammed_edge.compare_encoder_forms")
 OPENVINO_TARGETS = ("ov-int8", "ov-bf16", "ov-fp32")
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
     rows = compare(model, args.rounds, args.threads, args.calib_images, tuple(args.targets))
-    text = markdown(rows, command_line("sammed_edge.export.compare_encoder_forms", argv), args.model, args.threads, args.rounds)
+    text = markdown(rows, command_line("sammed_edge.export.studies.compare_encoder_forms", argv), args.model, args.threads, args.rounds)
     publish(text, rows, args.markdown, "encoder_forms", args.json)
     return 0
 
