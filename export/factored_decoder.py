@@ -28,10 +28,10 @@ its GELU straight into the (masks x channels) @ (channels x pixels) product, and
 interleaved. Keeping the bias inside each product also stops onnxruntime from fusing it into a BiasGelu, whose
 kernel profiled about four times slower per value than its plain Gelu.
 
-In the tokens embedding layout (`graphs.EMBEDDING_LAYOUTS`) the graph takes the embedding as N x C tokens, and the
+In the tokens embedding layout (`decoder_graph.EMBEDDING_LAYOUTS`) the graph takes the embedding as N x C tokens, and the
 mask prompt's convolutions switch to tokens right after their last one: no image-sized tensor is transposed.
 
-Everything is exact algebra: `graphs.verify_decoder` checks the exported graph against `graphs.DecoderGraph`'s
+Everything is exact algebra: `graphs.verify_decoder` checks the exported graph against `decoder_graph.DecoderGraph`'s
 PyTorch forward at fp32 tolerance. The graph takes batch 1, as the decoder contract says.
 """
 
@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .graphs import SOFTMAX_PLACEMENTS, DecoderGraph
+from .decoder_graph import SOFTMAX_PLACEMENTS, DecoderGraph
 from .models.sam import SamModel
 from .models.transformer import Attention
 
@@ -61,7 +61,7 @@ def token_to_image(attn: Attention, queries: torch.Tensor, keys: torch.Tensor, v
         queries: T x C prompt tokens (with their positional encoding).
         keys: N x C image tokens with their positional encoding; values: N x C image tokens.
         softmax: "inside", a softmax between the two products, or "after", its normalisation after the second
-            product (graphs.SOFTMAX_PLACEMENTS).
+            product (decoder_graph.SOFTMAX_PLACEMENTS).
 
     Returns:
         T x C.
@@ -115,7 +115,7 @@ def image_to_token(attn: Attention, queries: torch.Tensor, keys: torch.Tensor, v
 
 
 class FactoredDecoderGraph(DecoderGraph):
-    """`graphs.DecoderGraph` (same inputs, prompt embedding and outputs) with its decoding computed as the module
+    """`decoder_graph.DecoderGraph` (same inputs, prompt embedding and outputs) with its decoding computed as the module
     docstring explains; `softmax` is one of SOFTMAX_PLACEMENTS."""
 
     def __init__(self, model: SamModel, layout: str = "nchw", softmax: str = "inside") -> None:

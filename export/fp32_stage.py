@@ -18,7 +18,7 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -27,15 +27,12 @@ from sammed_edge.runtime.sysinfo import tool_versions
 
 from . import graphs
 from .models.sam import SamModel
+from .targets import GRAPHS, Target
 
-if TYPE_CHECKING:
-    from .bundler import Target
-
-GRAPHS = ("encoder", "decoder")
 RECORD = "fp32-stage.json"
 # the code whose every change may change an exported graph or its check
-_SOURCES = ("export/graphs.py", "export/factored_decoder.py", "export/token_encoder.py", "export/models",
-            "runtime/contract.py", "runtime/processing.py")
+_SOURCES = ("export/graphs.py", "export/decoder_graph.py", "export/factored_decoder.py", "export/token_encoder.py",
+            "export/models", "runtime/contract.py", "runtime/processing.py")
 
 
 def _source_digest() -> str:
@@ -162,7 +159,7 @@ def _fusion_feeds(model: SamModel, fp32_dir: Path, images: Sequence[np.ndarray])
     return feeds
 
 
-def fuse_graphs(model: SamModel, target: "Target", fp32_dir: Path, images: Sequence[np.ndarray]) -> dict[str, dict[str, Any]]:
+def fuse_graphs(model: SamModel, target: Target, fp32_dir: Path, images: Sequence[np.ndarray]) -> dict[str, dict[str, Any]]:
     """Rewrite the attention of the verified fp32 graphs in `fp32_dir` into fused nodes where that is the measured
     better choice for the target's backend (`kernels.onnx.RECOMMENDED`), in place; graphs quantized to int8 stay
     unfused.

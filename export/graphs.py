@@ -25,6 +25,15 @@ from torch import nn
 from sammed_edge.runtime import contract as io_contract
 from sammed_edge.runtime import processing
 
+# the decoder wrapper and the layout / softmax settings live below this module and stay importable from here
+from .decoder_graph import (  # noqa: F401
+    DEFAULT_EMBEDDING_LAYOUT,
+    DEFAULT_SOFTMAX,
+    EMBEDDING_LAYOUTS,
+    SOFTMAX_PLACEMENTS,
+    DecoderGraph,
+)
+from .factored_decoder import FactoredDecoderGraph
 from .models.common import LayerNorm2d
 from .models.sam import SamModel
 
@@ -40,16 +49,6 @@ DEFAULT_DECODER_FORM = "factored"
 # as B x L x C tokens with separate q / k / v products (token_encoder.py), laid out for OpenVINO's CPU plugin
 ENCODER_FORMS = ("model", "tokens")
 DEFAULT_ENCODER_FORM = "model"
-# how the embedding passes from encoder to decoder (runtime.contract.EMBEDDING_LAYOUTS): SAM's "nchw", or "tokens"
-# (1 x h w x C), which spares the decoder's transpose of the whole embedding on every click
-EMBEDDING_LAYOUTS = io_contract.EMBEDDING_LAYOUTS
-DEFAULT_EMBEDDING_LAYOUT = "nchw"
-# where the factored decoder's token -> image attentions normalise their softmax: "inside" (between the two
-# products, as SAM writes it) or "after" (the second product's rows divided by the sums: the same sums). OpenVINO's
-# CPU plugin fuses the "inside" pattern into one attention node that ran 0.76-0.89 ms per attention, where the
-# unfused products had taken 0.18-0.20 ms each (docs/exporters.md#embedding-layout)
-SOFTMAX_PLACEMENTS = ("inside", "after")
-DEFAULT_SOFTMAX = "inside"
 
 
 class VerificationError(RuntimeError):
@@ -133,39 +132,6 @@ def to_layout(embedding: np.ndarray, layout: str) -> np.ndarray:
     return np.ascontiguousarray(embedding.reshape(batch, channels, -1).transpose(0, 2, 1))
 
 
-class DecoderGraph(nn.Module):
-    """SAM-convention prompt decoder returning every mask token (see `runtime.contract.decoder_contract`); its
-    image embedding comes in `layout` (EMBEDDING_LAYOUTS)."""
-
-    def __init__(self, model: SamModel, layout: str = DEFAULT_EMBEDDING_LAYOUT) -> None:
-        super().__init__()
-        self.layout = io_contract.check_embedding_layout(layout)
-        self.prompt_encoder = model.prompt_encoder
-        self.mask_decoder = model.mask_decoder
-        # The grid's positional encoding is a constant: store it instead of recomputing sin/cos per click.
-        self.register_buffer("dense_pe", model.prompt_encoder.get_dense_pe().detach().clone(), persistent=False)
-
-    def forward(
-        self,
-        image_embeddings: torch.Tensor,
-        point_coords: torch.Tensor,
-        point_labels: torch.Tensor,
-        mask_input: torch.Tensor,
-        has_mask_input: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        sparse = self.prompt_encoder.embed_labelled_points(point_coords, point_labels)
-        dense = self.prompt_encoder.blend_mask_prompt(mask_input, has_mask_input)
-        if self.layout == "tokens":
-            height, width = self.dense_pe.shape[-2:]
-            image_embeddings = image_embeddings.transpose(1, 2).reshape(1, -1, height, width)
-        return self.decode(image_embeddings, sparse, dense)
-
-    def decode(self, image_embeddings: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """1 x C x h x w embedding, 1 x N x C prompt tokens, 1 x C x h x w dense prompt -> (iou 1 x M, masks 1 x M x 4h x 4w)."""
-        masks, iou = self.mask_decoder.predict_masks(image_embeddings, self.dense_pe, sparse, dense)
-        return iou, masks
-
-
 def encoder_contract(model: SamModel, layout: str = DEFAULT_EMBEDDING_LAYOUT) -> io_contract.GraphContract:
     grid = model.image_encoder.embedding_size[0]
     return io_contract.encoder_contract(model.image_size, model.prompt_encoder.embed_dim, grid, layout)
@@ -242,8 +208,6 @@ def decoder_module(model: SamModel, form: str = DEFAULT_DECODER_FORM, layout: st
                    softmax: str = DEFAULT_SOFTMAX) -> nn.Module:
     """The export wrapper of the prompt decoder in `form` (one of DECODER_FORMS) taking the embedding in `layout`;
     every form computes the same outputs. `softmax` (SOFTMAX_PLACEMENTS) applies to the factored form."""
-    from .factored_decoder import FactoredDecoderGraph  # it subclasses DecoderGraph
-
     if form == "factored":
         return FactoredDecoderGraph(model, layout, softmax)
     if form == "sam":

@@ -8,11 +8,11 @@ Grayscale pipeline (MONOCHROME1 / MONOCHROME2), applied to the selected frame:
        the result is `DicomImage.values`, e.g. Hounsfield units for CT.
     2. VOI, first that applies:
        a. an explicit `window=(center, width)` or a preset name from `WINDOW_PRESETS`, mapped with DICOM's
-          LINEAR_EXACT function (see `images.py`);
+          LINEAR_EXACT function (see `common.py`);
        b. the file's own VOI LUT Sequence or Window Center / Width (the first value when there are several), with
           its VOI LUT Function (`pydicom.pixels.apply_voi_lut`), rescaled from its output range to 0..255; a
           file window pydicom cannot apply (e.g. a width below 1 for LINEAR) is skipped;
-       c. the intensity policy of `images.py` (0.5th..99.5th percentile by default, or "minmax").
+       c. the intensity policy of `common.py` (0.5th..99.5th percentile by default, or "minmax").
     3. MONOCHROME1 is inverted so that bright means dense, as on every other modality.
 Enhanced multi-frame objects keep these attributes in functional groups; they are looked up for the selected frame
 (per-frame, then shared groups, then the top-level dataset).
@@ -34,7 +34,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..processing import MAX_IMAGE_SIDE
-from .images import WINDOW_PRESETS, Window, check_intensity, import_optional, linear_to_uint8, resolve_window, to_uint8
+from .common import WINDOW_PRESETS, Window, check_intensity, import_optional, linear_to_uint8, resolve_window, to_uint8
 
 __all__ = ["DECODER_ADVICE", "DicomImage", "WINDOW_PRESETS", "decoder_advice", "dicom_nifti_affine", "read_dicom"]
 

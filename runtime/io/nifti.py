@@ -15,7 +15,7 @@ inverts it exactly, so label maps written by `write_nifti_labels` land on the vo
 on the affine the image may look mirrored or upside down compared with a radiological viewer; the segmentation
 models do not depend on it.
 
-Intensities: an explicit window (or a preset from `WINDOW_PRESETS`), else the intensity policy of `images.py`
+Intensities: an explicit window (or a preset from `WINDOW_PRESETS`), else the intensity policy of `common.py`
 (0.5th..99.5th percentile of the slice's finite values by default), applied to the voxel values after the
 header's scl_slope / scl_inter.
 """
@@ -30,7 +30,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..processing import MAX_IMAGE_SIDE
-from .images import WINDOW_PRESETS, Window, check_intensity, import_optional, resolve_window, to_uint8
+from .common import WINDOW_PRESETS, Window, check_intensity, import_optional, resolve_window, to_uint8
 
 __all__ = ["NiftiSlice", "WINDOW_PRESETS", "read_nifti_slice"]
 

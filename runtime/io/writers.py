@@ -22,8 +22,8 @@ import numpy as np
 
 from ..errors import InputError
 from ..processing import MAX_IMAGE_SIDE, as_rgb_uint8
+from .common import import_optional
 from .dicom import DicomImage, dicom_nifti_affine
-from .images import import_optional
 from .nifti import NiftiSlice
 
 __all__ = ["write_dicom_seg", "write_label_png", "write_mask_png", "write_nifti_labels", "write_overlay_png"]
