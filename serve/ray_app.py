@@ -77,7 +77,8 @@ class ModelReplica:
             self._images.popitem(last=False)
 
     async def _load(self, session_id: str) -> Any:
-        """Encode a session's image (the multiplexed loader: called when this replica does not hold it)."""
+        """Encode a session's image. `model_deployment` wraps it in `serve.multiplexed` under the same name, so
+        that it runs only when this replica does not hold the session's embedding (yet, or any more)."""
         image = await self._images[session_id]
         view, encode_ms = await asyncio.to_thread(self.engine.encode, image)
         self._encode_ms[session_id] = encode_ms
@@ -89,15 +90,16 @@ class ModelReplica:
 
         session_id = serve.get_multiplexed_model_id()
         self._remember(session_id, image_box)
-        await self.embedding(session_id)
-        return {"encode_ms": self._encode_ms.pop(session_id, 0.0)}
+        await self._load(session_id)
+        replica = serve.get_replica_context().replica_id.unique_id
+        return {"encode_ms": self._encode_ms.pop(session_id, 0.0), "replica": replica}
 
     async def predict(self, image_box: list, prompt: Prompt, previous: np.ndarray | None) -> Prediction:
         from ray import serve
 
         session_id = serve.get_multiplexed_model_id()
         self._remember(session_id, image_box)
-        view = await self.embedding(session_id)
+        view = await self._load(session_id)
         reencoded = self._encode_ms.pop(session_id, None)
         prediction = await asyncio.to_thread(self.engine.predict, view, prompt, previous)
         if reencoded is not None:
@@ -114,7 +116,8 @@ def model_deployment(replicas: int, max_sessions: int, num_cpus: float = 0.0):
     _, serve = _import_ray()
 
     class SegmentationModel(ModelReplica):
-        embedding = serve.multiplexed(max_num_models_per_replica=max_sessions)(ModelReplica._load)
+        # the same attribute name: Ray Serve recognises a multiplexed method by it
+        _load = serve.multiplexed(max_num_models_per_replica=max_sessions)(ModelReplica._load)
 
     return serve.deployment(name=MODEL_DEPLOYMENT, num_replicas=replicas, ray_actor_options={"num_cpus": num_cpus},
                             max_ongoing_requests=64)(SegmentationModel)
@@ -157,6 +160,7 @@ class RayService(Service):
 
         session.extra["image"] = await asyncio.to_thread(ray.put, session.loaded.image)
         answer = await self._call("encode", session)
+        session.extra["replica"] = answer["replica"]
         return float(answer["encode_ms"])
 
     async def _predict(self, session: Session, prompt: Prompt, previous: np.ndarray | None) -> Prediction:

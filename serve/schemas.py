@@ -26,6 +26,7 @@ class SessionCreated(BaseModel):
     height: int
     width: int
     encode_ms: float = Field(description="image encoder time")
+    replica: str | None = Field(None, description="the model replica that encoded it (Ray Serve only)")
 
 
 class RLE(BaseModel):

@@ -115,7 +115,10 @@ class Service:
         self.store.add(session)
         self.metrics.open_sessions.set(len(self.store))
         height, width = session.size
-        return {"session": session.id, "height": height, "width": width, "encode_ms": round(encode_ms, 3)}
+        created = {"session": session.id, "height": height, "width": width, "encode_ms": round(encode_ms, 3)}
+        if "replica" in session.extra:
+            created["replica"] = session.extra["replica"]
+        return created
 
     async def predict(self, session_id: str, prompt: Prompt, use_previous_mask: bool = False) -> dict[str, Any]:
         """Masks for prompts on a session's image, best predicted IoU first, as COCO RLE.
