@@ -112,6 +112,7 @@ class Service:
         finally:
             self._encode_slots.release()
         self.metrics.encode.observe(encode_ms / 1e3)
+        self.store.expire()  # besides the app's periodic sweep, which not every host runs
         self.store.add(session)
         self.metrics.open_sessions.set(len(self.store))
         height, width = session.size
@@ -224,11 +225,9 @@ class LocalService(Service):
         return encode_ms
 
     async def _predict(self, session: Session, prompt: Prompt, previous: np.ndarray | None) -> Prediction:
+        # a dropped session's embedding is freed with the session object, after any predict still running on it
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._io_pool, self.engine.predict, session.handle, prompt, previous)
-
-    def _release(self, session: Session) -> None:
-        session.handle = None
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
         facts = self.engine.describe()

@@ -55,6 +55,8 @@ def sniff(data: bytes, filename: str | None = None) -> str:
         return "jpeg"
     if data[:4] in (b"II*\x00", b"MM\x00*"):
         return "tiff"
+    if data[:4] in (b"II+\x00", b"MM\x00+"):
+        raise InputError("BigTIFF files are not supported: save the image as a classic TIFF or PNG")
     if data.startswith(b"BM"):
         return "bmp"
     if data[344:348] in (b"n+1\x00", b"n+2\x00") or data[4:8] in (b"n+2\x00",):
@@ -135,6 +137,8 @@ def check_dimensions(data: bytes, kind: str, max_pixels: int) -> None:
         TooLarge: over the limit.
     """
     size = raster_size(data, kind)
+    if size is None and kind in ("png", "jpeg", "tiff", "bmp"):
+        raise InputError(f"cannot read the {kind.upper()} image's size from its header: the file is corrupt or truncated")
     if size is not None:
         width, height = size
         if width * height > max_pixels:

@@ -203,3 +203,21 @@ def test_metrics_expose_latency_per_route_and_counters(http, images, png_bytes):
     assert "sammed_open_sessions 1.0" in text
     assert 'sammed_rejected_requests_total{reason="not_found"} 1.0' in text
     assert sid not in text  # session ids never become label values
+
+
+@pytest.mark.parametrize("ext", [".png", ".jpg", ".tif", ".bmp"])
+def test_header_sizes_are_read_before_decoding(ext, images):
+    import cv2
+
+    from sammed_edge.runtime.errors import InputError
+    from sammed_edge.serve.uploads import TooLarge, check_dimensions, raster_size, sniff
+
+    image = images[2]
+    data = cv2.imencode(ext, image)[1].tobytes()
+    kind = sniff(data)
+    assert raster_size(data, kind) == (image.shape[1], image.shape[0])
+    check_dimensions(data, kind, image.shape[0] * image.shape[1])
+    with pytest.raises(TooLarge, match=f"{image.shape[1]} x {image.shape[0]}"):
+        check_dimensions(data, kind, image.shape[0] * image.shape[1] - 1)
+    with pytest.raises(InputError, match="header"):
+        check_dimensions(data[:12], kind, 10**9)
