@@ -89,3 +89,11 @@ def test_serve_subcommand_dispatches_to_the_installed_service(capsys):
     assert done.value.code == 0 and "--max-sessions" in out and "--token-file" in out
     with pytest.raises(SystemExit, match="needs --token-file"):
         main(["serve", "--bundle", "b", "--host", "0.0.0.0"])
+
+
+def test_the_server_imports_no_torch():
+    probe = ("import sys, sammed_edge.serve.app, sammed_edge.serve.service, sammed_edge.serve.cli, sammed_edge.serve.bench; "
+             "bad = [m for m in sys.modules if m == 'torch' or m.startswith(('torch.', 'sammed_edge.export', 'sammed_edge.demo'))]; "
+             "print(bad); sys.exit(1 if bad else 0)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
