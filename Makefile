@@ -11,7 +11,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
-	$(PIP) install -e ".[export,onnxruntime,openvino,medical,kernels,demo,browser,dev]"
+	$(PIP) install -e ".[export,onnxruntime,openvino,medical,kernels,demo,browser,serve,ray,dev]"
 	touch $@
 
 BUNDLE ?= out/lite_medsam_clicks-onnx-fp32

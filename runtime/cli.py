@@ -4,6 +4,11 @@
     sammed-edge segment --bundle out/lite_medsam_clicks-onnx-fp32 --image ct.dcm --window abdomen --box 120 80 260 210
     sammed-edge evaluate --bundle out/lite_medsam_clicks-onnx-fp32 --modes box --out out/eval
     sammed-edge bench --bundle out/lite_medsam_clicks-onnx-fp32 --markdown docs/benchmarks.md
+    sammed-edge segment --server http://127.0.0.1:8000 --image ct.dcm --window abdomen --box 120 80 260 210
+    sammed-edge serve --bundle out/lite_medsam_clicks-onnx-fp32     (the `serve` extra; see docs/serving.md)
+
+Subcommands that live outside runtime/ (`serve`) are found through the `sammed_edge.commands` entry-point group
+and imported only when asked for, so this module never imports them.
 """
 
 from __future__ import annotations
@@ -21,8 +26,12 @@ import numpy as np
 from .errors import InputError
 
 
-def _add_predictor_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--bundle", type=Path, required=True, help="bundle folder (from export/build.py)")
+COMMANDS_GROUP = "sammed_edge.commands"
+PLUGINS = {"serve": ("HTTP segmentation service on a bundle (the serve extra)", "serve")}
+
+
+def _add_predictor_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("--bundle", type=Path, required=required, help="bundle folder (from export/build.py)")
     parser.add_argument("--backend", help="backend (default: the bundle's target backend)")
     parser.add_argument("--threads", type=int, help="CPU threads per graph (default: the backend's choice)")
 
@@ -102,32 +111,60 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------- segment
 
 
+def _segment_remote(args: argparse.Namespace, clicks: list, labels: list) -> tuple[np.ndarray, float, dict]:
+    """Segment through a running service (`--server`): upload, one predict, the best mask."""
+    from .client import Client, ServerError
+
+    token = args.token_file.read_text().strip() if args.token_file else None
+    try:
+        with Client(args.server, token=token) as client:
+            session = client.create_session(args.image, window=args.window, slice=args.slice, axis=args.axis,
+                                            frame=args.frame)
+            masks, iou, timings = client.predict(session["session"], points=clicks or None,
+                                                 labels=labels or None, box=args.box,
+                                                 multimask=bool(clicks) and args.box is None)
+            client.delete(session["session"])
+    except ServerError as exc:
+        raise InputError(f"the server at {args.server} refused: {exc.message}") from None
+    except ConnectionError as exc:
+        raise InputError(str(exc)) from None
+    return masks[0], float(iou[0]), {"encode_ms": session["encode_ms"], "predict_ms": timings.get("decode", 0.0)}
+
+
 def cmd_segment(args: argparse.Namespace) -> int:
     from .io import write_mask_png, write_overlay_png
     from .io.loading import load_for_segmentation, write_labels_like
 
-    loaded = load_for_segmentation(args.image, window=args.window, frame=args.frame, index=args.slice, axis=args.axis)
+    if (args.bundle is None) == (args.server is None):
+        raise InputError("segment needs exactly one of --bundle (run here) and --server (a running service)")
+    # read here too for a local run, an overlay or a label map (a remote run alone only uploads the file)
+    loaded = None
+    if args.server is None or args.overlay or args.labels_out:
+        loaded = load_for_segmentation(args.image, window=args.window, frame=args.frame, index=args.slice, axis=args.axis)
     clicks = args.point + args.negative
+    labels = [1] * len(args.point) + [0] * len(args.negative)
     if not clicks and args.box is None:
         raise InputError("segment needs a prompt: --box and/or --point / --negative")
-    predictor = _predictor(args)
-    predictor.set_image(loaded.image)
-    masks, iou, _ = predictor.predict(
-        point_coords=np.array(clicks, dtype=np.float64) if clicks else None,
-        point_labels=np.array([1] * len(args.point) + [0] * len(args.negative)) if clicks else None,
-        box=np.array(args.box) if args.box is not None else None,
-        multimask_output=bool(clicks) and args.box is None,
-        best_only=True,
-    )
-    mask = masks[0]
+    if args.server is not None:
+        mask, best_iou, timings = _segment_remote(args, clicks, labels)
+    else:
+        predictor = _predictor(args)
+        predictor.set_image(loaded.image)
+        masks, iou, _ = predictor.predict(
+            point_coords=np.array(clicks, dtype=np.float64) if clicks else None,
+            point_labels=np.array(labels) if clicks else None,
+            box=np.array(args.box) if args.box is not None else None,
+            multimask_output=bool(clicks) and args.box is None,
+            best_only=True,
+        )
+        mask, best_iou, timings = masks[0], float(iou[0]), predictor.timings
     out = args.out or Path(f"{Path(args.image).name.split('.')[0]}_mask.png")
     written = [write_mask_png(out, mask)]
     if args.overlay:
         written.append(write_overlay_png(args.overlay, loaded.image, mask))
     if args.labels_out:
         written.append(write_labels_like(args.labels_out, mask.astype(np.uint8), loaded))
-    timings = predictor.timings
-    print(f"mask {mask.shape[1]}x{mask.shape[0]}, {int(mask.sum())} pixels, predicted IoU {float(iou[0]):.3f}; "
+    print(f"mask {mask.shape[1]}x{mask.shape[0]}, {int(mask.sum())} pixels, predicted IoU {best_iou:.3f}; "
           f"encoder {timings.get('encode_ms', 0):.0f} ms, click {timings.get('predict_ms', 0):.0f} ms")
     for path in written:
         print(f"wrote {path}")
@@ -146,7 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=cmd_info)
 
     segment = sub.add_parser("segment", help="image + prompts -> mask file")
-    _add_predictor_args(segment)
+    _add_predictor_args(segment, required=False)
+    segment.add_argument("--server", help="segment on a running service (`sammed-edge serve`) at this URL instead of --bundle")
+    segment.add_argument("--token-file", type=Path, help="bearer token for --server")
     segment.add_argument("--image", type=Path, required=True, help="PNG/JPEG/TIFF, DICOM (.dcm) or NIfTI (.nii, .nii.gz)")
     segment.add_argument("--box", type=float, nargs=4, metavar=("X0", "Y0", "X1", "Y1"))
     segment.add_argument("--point", type=float, nargs=2, action="append", default=[], metavar=("X", "Y"), help="foreground click")
@@ -179,10 +218,36 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--markdown", type=Path, help="Markdown file to update (e.g. docs/benchmarks.md)")
     bench.add_argument("--json", type=Path, help="write the report as JSON")
     bench.set_defaults(func=cmd_bench)
+
+    for name, (summary, _) in PLUGINS.items():
+        # listed here for --help; `main` hands the arguments to the installed command before parsing
+        sub.add_parser(name, help=summary, add_help=False)
     return parser
 
 
+def run_plugin(name: str, argv: list[str]) -> int:
+    """Run a subcommand registered in the `sammed_edge.commands` entry-point group (e.g. `serve`).
+
+    Raises:
+        SystemExit: the command or its extra is not installed (the message names the extra).
+    """
+    from importlib.metadata import entry_points
+
+    extra = PLUGINS[name][1]
+    found = [ep for ep in entry_points(group=COMMANDS_GROUP) if ep.name == name]
+    if not found:
+        raise SystemExit(f"sammed-edge {name}: not installed; install it with `pip install 'sammed-edge[{extra}]'`")
+    try:
+        command = found[0].load()
+    except ImportError as exc:
+        raise SystemExit(f"sammed-edge {name} needs the {extra} extra: pip install 'sammed-edge[{extra}]' ({exc})") from None
+    return int(command(argv) or 0)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in PLUGINS:
+        return run_plugin(argv[0], argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
