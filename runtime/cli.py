@@ -4,6 +4,7 @@
     sammed-edge segment --bundle out/lite_medsam_clicks-onnx-fp32 --image ct.dcm --window abdomen --box 120 80 260 210
     sammed-edge evaluate --bundle out/lite_medsam_clicks-onnx-fp32 --modes box --out out/eval
     sammed-edge bench --bundle out/lite_medsam_clicks-onnx-fp32 --markdown docs/benchmarks.md
+    sammed-edge segment-volume --bundle out/lite_medsam_clicks-onnx-fp32 --image ct.nii.gz --slice 42 --box 120 80 160 130 --out seg.nii.gz
 """
 
 from __future__ import annotations
@@ -179,6 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--markdown", type=Path, help="Markdown file to update (e.g. docs/benchmarks.md)")
     bench.add_argument("--json", type=Path, help="write the report as JSON")
     bench.set_defaults(func=cmd_bench)
+
+    from . import volume_cli
+
+    volume_cli.add_commands(sub, _add_predictor_args, _predictor)
     return parser
 
 
