@@ -5,6 +5,7 @@
     sammed-edge evaluate --bundle out/lite_medsam_clicks-onnx-fp32 --modes box --out out/eval
     sammed-edge bench --bundle out/lite_medsam_clicks-onnx-fp32 --markdown docs/benchmarks.md
     sammed-edge segment --server http://127.0.0.1:8000 --image ct.dcm --window abdomen --box 120 80 260 210
+    sammed-edge segment-volume --bundle out/lite_medsam_clicks-onnx-fp32 --image ct.nii.gz --slice 42 --box 120 80 160 130 --out seg.nii.gz
     sammed-edge serve --bundle out/lite_medsam_clicks-onnx-fp32     (the `serve` extra; see docs/serving.md)
 
 Subcommands that live outside runtime/ (`serve`) are found through the `sammed_edge.commands` entry-point group
@@ -219,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", type=Path, help="write the report as JSON")
     bench.set_defaults(func=cmd_bench)
 
+    from . import volume_cli
+
+    volume_cli.add_commands(sub, _add_predictor_args, _predictor)
     for name, (summary, _) in PLUGINS.items():
         # listed here for --help; `main` hands the arguments to the installed command before parsing
         sub.add_parser(name, help=summary, add_help=False)

@@ -155,3 +155,63 @@ def sample_points(mask: np.ndarray, count: int, rng: np.random.Generator) -> tup
         picks, labels = picks[order], labels[order]
     rows, cols = np.divmod(picks, mask.shape[1])
     return np.stack([cols, rows], axis=1).astype(np.float64), labels
+
+
+def _surface(mask: np.ndarray) -> np.ndarray:
+    """Voxels of a 3D mask with at least one of their 6 neighbours outside it (the volume's border is outside)."""
+    padded = np.pad(mask, 1)
+    inner = padded[1:-1, 1:-1, 1:-1].copy()
+    for axis in range(3):
+        for shift in (1, -1):
+            inner &= np.roll(padded, shift, axis=axis)[1:-1, 1:-1, 1:-1]
+    return mask & ~inner
+
+
+def _near(points: np.ndarray, target: np.ndarray, spacing: Sequence[float], tolerance: float) -> int:
+    """How many voxels of `points` have a voxel of `target` within `tolerance` mm (voxel centres)."""
+    reach = [int(np.floor(tolerance / s)) for s in spacing]
+    offsets = [(a, b, c) for a in range(-reach[0], reach[0] + 1) for b in range(-reach[1], reach[1] + 1)
+               for c in range(-reach[2], reach[2] + 1)
+               if (a * spacing[0]) ** 2 + (b * spacing[1]) ** 2 + (c * spacing[2]) ** 2 <= tolerance**2 + 1e-9]
+    padded = np.pad(target, [(r, r) for r in reach])
+    found = np.zeros_like(points)
+    shape = points.shape
+    for a, b, c in offsets:
+        found |= padded[reach[0] + a: reach[0] + a + shape[0], reach[1] + b: reach[1] + b + shape[1],
+                        reach[2] + c: reach[2] + c + shape[2]]
+    return int((found & points).sum())
+
+
+def surface_dice(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float], tolerance: float = 2.0) -> float:
+    """Normalised surface Dice (NSD) of two 3D masks: the fraction of both surfaces within `tolerance` mm of the other.
+
+    Surfaces are the masks' boundary voxels (6-connectivity), distances are between voxel centres with the given
+    spacing (mm per axis, in the arrays' axis order); each boundary voxel counts equally.
+
+    Args:
+        pred, truth: D x H x W boolean masks.
+        spacing: 3 voxel sizes in mm.
+        tolerance: in mm.
+
+    Returns:
+        NSD in 0..1: 1.0 when both masks are empty, 0.0 when only one is.
+    """
+    pred = np.asarray(pred, dtype=bool)
+    truth = np.asarray(truth, dtype=bool)
+    if pred.shape != truth.shape or pred.ndim != 3:
+        raise ValueError(f"surface_dice needs two 3D masks of one shape, got {pred.shape} and {truth.shape}")
+    if not pred.any() and not truth.any():
+        return 1.0
+    if not pred.any() or not truth.any():
+        return 0.0
+    # crop to the union's bounding box plus the reach, so the shifted copies stay small
+    both = pred | truth
+    lows, highs = [], []
+    for axis, size in enumerate(both.shape):
+        hit = np.flatnonzero(both.any(axis=tuple(a for a in range(3) if a != axis)))
+        lows.append(max(int(hit[0]) - 1, 0))
+        highs.append(min(int(hit[-1]) + 2, size))
+    crop = tuple(slice(low, high) for low, high in zip(lows, highs))
+    surface_pred, surface_truth = _surface(pred[crop]), _surface(truth[crop])
+    near = _near(surface_pred, surface_truth, spacing, tolerance) + _near(surface_truth, surface_pred, spacing, tolerance)
+    return float(near / (surface_pred.sum() + surface_truth.sum()))

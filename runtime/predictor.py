@@ -124,6 +124,15 @@ class PromptPredictor:
     def reset_image(self) -> None:
         self._state = None
 
+    def preload(self, image: np.ndarray) -> None:
+        """Encode an image ahead of its `set_image` (into the embedding cache where there is one), leaving the
+        current image as it is; safe to call from a background thread.
+
+        Args:
+            image: H x W or H x W x 3 uint8 RGB array.
+        """
+        self._embed(processing.as_rgb_uint8(image))
+
     def predict(
         self,
         point_coords: np.ndarray | None = None,

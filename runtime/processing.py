@@ -360,6 +360,15 @@ def transform_box(box: np.ndarray, geometry: ImageGeometry, policy: ProcessingPo
     return corners.astype(np.float32).reshape(4)
 
 
+def expand_box(box: Any, margin: float, image_size: tuple[int, int]) -> np.ndarray:
+    """An (x0, y0, x1, y1) box of inclusive pixel indices grown by `margin` pixels on every side, clipped to an
+    (H, W) image; float64 (4,)."""
+    x0, y0, x1, y1 = np.asarray(box, dtype=np.float64).reshape(4)
+    height, width = image_size
+    return np.array([max(x0 - margin, 0.0), max(y0 - margin, 0.0), min(x1 + margin, width - 1.0),
+                     min(y1 + margin, height - 1.0)], dtype=np.float64)
+
+
 def decoder_inputs(prompts: Prompts, geometry: ImageGeometry, policy: ProcessingPolicy) -> dict[str, np.ndarray]:
     """Assemble the prompt decoder's inputs in SAM's ONNX convention.
 
@@ -459,3 +468,19 @@ def postprocess_logits(low_res: np.ndarray, geometry: ImageGeometry, policy: Pro
     height, width = geometry.resized_size
     out = resize_bilinear(maps[..., :height, :width], geometry.original_size)
     return out.copy() if np.shares_memory(out, low_res) else np.ascontiguousarray(out)
+
+
+def mask_to_low_res(mask: np.ndarray, policy: ProcessingPolicy) -> np.ndarray:
+    """An H x W mask in the low-resolution frame of the decoder's logits: the inverse path of `postprocess_logits`.
+
+    The mask is resized to the image's place in the model input, padded like the image, then resized to L x L.
+
+    Returns:
+        L x L float32 foreground fraction in 0..1 (L = policy.low_res_size).
+    """
+    mask = np.asarray(mask, dtype=np.float32)
+    height, width = resized_size(mask.shape[:2], policy)
+    side = policy.input_size
+    canvas = np.zeros((1, side, side), dtype=np.float32)
+    canvas[:, :height, :width] = resize_bilinear(mask[None], (height, width))
+    return resize_bilinear(canvas, (policy.low_res_size,) * 2)[0].copy()

@@ -57,6 +57,12 @@ def lite_medsam_model():
         pytest.skip(f"LiteMedSAM weights unavailable: {exc}")
 
 
+@pytest.fixture(scope="session")
+def medvol_dev() -> Path:
+    """../shared/data/medvol-dev (labelled 3D volumes), skipping (failing in CI) when absent."""
+    return require_shared("data", "medvol-dev")
+
+
 @pytest.fixture(name="shared")
 def shared_fixture():
     """`shared("reference", "x.json")` -> path under ../shared, skipping (failing in CI) when absent."""

@@ -1,4 +1,4 @@
-"""Open any supported image file for segmentation, and write label maps aligned with it."""
+"""Open any supported image file or volume for segmentation, and write label maps aligned with it."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ import numpy as np
 from ..errors import InputError
 from .dicom import DicomImage, read_dicom
 from .images import read_image
+from .images import Window
 from .nifti import NiftiSlice, read_nifti_slice
+from .series import read_dicom_multiframe, read_dicom_series
+from .volumes import Volume, read_nifti_volume
 from .writers import write_nifti_labels
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
@@ -94,3 +97,30 @@ def write_labels_like(path: str | Path, labels: np.ndarray, loaded: LoadedImage)
     if loaded.source is None:
         raise InputError("a NIfTI label map aligned with the input needs DICOM or NIfTI input; use the mask PNG for raster images")
     return write_nifti_labels(path, labels, loaded.source)
+
+
+def read_volume(path: str | Path, window: Window = None, axis: int = 2, series_uid: str | None = None,
+                intensity: str = "percentile") -> Volume:
+    """Read a NIfTI volume, a folder holding a DICOM series, or a multi-frame DICOM file.
+
+    Args:
+        path: a .nii / .nii.gz file, a folder of DICOM files, or one multi-frame DICOM file.
+        window: None (intensity policy over the volume), a preset name ("lung", ...) or (center, width).
+        axis: NIfTI only: the voxel axis slices are cut across.
+        series_uid: DICOM folders: the SeriesInstanceUID to read when the folder holds several series.
+        intensity: "percentile" or "minmax", used without a window.
+
+    Raises:
+        InputError: naming the problem (see `read_nifti_volume`, `series.read_dicom_series`).
+    """
+    path = Path(path)
+    if path.is_dir():
+        return read_dicom_series(path, window=window, series_uid=series_uid, intensity=intensity)
+    if not path.is_file():
+        raise InputError(f"volume {path} does not exist (a NIfTI file, a DICOM series folder or a multi-frame DICOM)")
+    kind = file_kind(path)
+    if kind == "nifti":
+        return read_nifti_volume(path, axis=axis, window=window, intensity=intensity)
+    if kind == "dicom":
+        return read_dicom_multiframe(path, window=window, intensity=intensity)
+    raise InputError(f"{path} is not a volume: give a NIfTI file (.nii, .nii.gz), a DICOM series folder or a multi-frame DICOM")

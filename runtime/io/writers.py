@@ -183,32 +183,44 @@ def write_nifti_labels(path: str | Path, labels_2d: np.ndarray, reference: Nifti
         ImportError: nibabel is not installed.
         OSError: the file cannot be written.
     """
-    nib = import_optional("nibabel", "medical")
     labels = _labels(labels_2d, "labels_2d")
     if isinstance(reference, NiftiSlice):
-        volume = reference.embed(labels, labels.dtype)
-        header = reference.header.copy()
-        header.set_data_dtype(labels.dtype)
-        header.set_slope_inter(1.0, 0.0)
-        image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
-        # affine=None keeps the header's own sform and qform (and their codes) bit for bit.
-        image = image_class(volume, None, header=header)
-    elif isinstance(reference, DicomImage):
+        return save_nifti_labels(path, reference.embed(labels, labels.dtype), header=reference.header)
+    if isinstance(reference, DicomImage):
         if labels.shape != reference.image.shape[:2]:
             raise InputError(
                 f"labels_2d of shape {labels.shape} does not match the image's {reference.image.shape[:2]}"
             )
-        affine = dicom_nifti_affine(reference)
-        image = nib.Nifti1Image(np.ascontiguousarray(labels.T[:, :, None]), affine)
+        return save_nifti_labels(path, labels.T[:, :, None], affine=dicom_nifti_affine(reference))
+    raise InputError(f"reference must be a NiftiSlice or DicomImage, got {type(reference).__name__}")
+
+
+def save_nifti_labels(path: str | Path, voxels: np.ndarray, header: Any = None, affine: np.ndarray | None = None) -> Path:
+    """Write an X x Y x Z uint8 / uint16 label array as NIfTI with intent "label".
+
+    Args:
+        voxels: the labels in the voxel grid of `header` or `affine`.
+        header: a nibabel header to copy (its sform / qform and their codes are kept bit for bit), or None.
+        affine: without a header, the RAS affine (sform and qform code 1, units mm).
+    """
+    nib = import_optional("nibabel", "medical")
+    voxels = np.ascontiguousarray(voxels)
+    if header is not None:
+        header = header.copy()
+        header.set_data_dtype(voxels.dtype)
+        header.set_slope_inter(1.0, 0.0)
+        image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
+        # affine=None keeps the header's own sform and qform (and their codes) bit for bit.
+        image = image_class(voxels, None, header=header)
+    else:
+        image = nib.Nifti1Image(voxels, affine)
         image.set_qform(affine, code=1)
         image.set_sform(affine, code=1)
         image.header.set_xyzt_units("mm")
-        image.header.set_data_dtype(labels.dtype)
-    else:
-        raise InputError(f"reference must be a NiftiSlice or DicomImage, got {type(reference).__name__}")
+        image.header.set_data_dtype(voxels.dtype)
     image.header.set_intent("label")
     image.header["cal_min"] = 0
-    image.header["cal_max"] = float(labels.max())
+    image.header["cal_max"] = float(voxels.max()) if voxels.size else 0.0
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(image, path)
@@ -278,8 +290,6 @@ def write_dicom_seg(
     """
     hd = import_optional("highdicom", "dicomseg")
     pydicom = import_optional("pydicom", "dicomseg")
-    from pydicom.sr.codedict import codes
-
     source = _seg_source(pydicom, reference)
     planes = _segments(masks_or_labels)
     if int(source.get("NumberOfFrames") or 1) != 1:
@@ -294,33 +304,36 @@ def write_dicom_seg(
     names = [f"Segment {i}" for i in range(1, count + 1)] if labels is None else [str(name) for name in labels]
     if len(names) != count:
         raise InputError(f"{len(names)} label(s) given for {count} segment(s)")
-    algorithm = hd.AlgorithmIdentificationSequence(
-        name=SOFTWARE_NAME, family=codes.cid7162.ArtificialIntelligence, version=algorithm_version
-    )
-    descriptions = [
-        hd.seg.SegmentDescription(
-            segment_number=number,
-            segment_label=name[:64] or f"Segment {number}",
-            segmented_property_category=codes.SCT.Tissue,
-            segmented_property_type=codes.SCT.Tissue,
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC,
-            algorithm_identification=algorithm,
-        )
-        for number, name in enumerate(names, start=1)
-    ]
+    descriptions = segment_descriptions(names, algorithm_version)
     extra: dict[str, Any] = {}
     if "FrameOfReferenceUID" not in source:
         # Without patient geometry highdicom records a PixelSpacing of 1 but no SliceThickness, which it then
         # cannot read back; state both placeholders explicitly.
         extra["pixel_measures"] = hd.PixelMeasuresSequence(pixel_spacing=(1.0, 1.0), slice_thickness=1.0)
-    # highdicom validates the source against the SEG IOD and raises ValueError, TypeError or AttributeError
+    seg = build_segmentation([source], planes[None], descriptions, series_description=series_description,
+                             series_number=series_number, algorithm_version=algorithm_version, **extra)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    seg.save_as(path)
+    return path
+
+
+def build_segmentation(sources: Sequence[Any], planes: np.ndarray, descriptions: Sequence[Any], *,
+                       series_description: str, series_number: int, algorithm_version: str, **extra: Any) -> Any:
+    """A binary highdicom Segmentation of `sources` from F x H x W x K bool planes (F frames in source order).
+
+    Raises:
+        InputError: highdicom cannot derive a SEG from the sources (the message says why).
+    """
+    hd = import_optional("highdicom", "dicomseg")
+    # highdicom validates the sources against the SEG IOD and raises ValueError, TypeError or AttributeError
     # for what it cannot derive from; those are properties of the reference, reported as input errors.
     try:
-        seg = hd.seg.Segmentation(
-            source_images=[source],
-            pixel_array=planes[None].astype(np.uint8),
+        return hd.seg.Segmentation(
+            source_images=list(sources),
+            pixel_array=np.asarray(planes).astype(np.uint8),
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-            segment_descriptions=descriptions,
+            segment_descriptions=list(descriptions),
             series_instance_uid=hd.UID(),
             series_number=int(series_number),
             sop_instance_uid=hd.UID(),
@@ -335,10 +348,27 @@ def write_dicom_seg(
         )
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
         raise InputError(f"cannot derive a DICOM-SEG from this source image: {exc}") from exc
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    seg.save_as(path)
-    return path
+
+
+def segment_descriptions(names: Sequence[str], algorithm_version: str) -> list[Any]:
+    """highdicom segment descriptions numbered 1..K: SEMIAUTOMATIC, SNOMED-CT "Tissue", algorithm SAM-Med2D Edge."""
+    hd = import_optional("highdicom", "dicomseg")
+    from pydicom.sr.codedict import codes
+
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=SOFTWARE_NAME, family=codes.cid7162.ArtificialIntelligence, version=algorithm_version
+    )
+    return [
+        hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=str(name)[:64] or f"Segment {number}",
+            segmented_property_category=codes.SCT.Tissue,
+            segmented_property_type=codes.SCT.Tissue,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC,
+            algorithm_identification=algorithm,
+        )
+        for number, name in enumerate(names, start=1)
+    ]
 
 
 def _seg_source(pydicom: Any, reference: Any) -> Any:
