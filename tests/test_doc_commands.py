@@ -85,7 +85,8 @@ def commands_in(text: str, name: str) -> list[Command]:
                     found.append(Command(match.group(1), ("--help",), where, match.group(0)))
                 elif kind == "file":
                     module = _file_module(match.group(1))
-                    found.append(Command(module or f"<no module for {match.group(1)}>", ("--help",), where, match.group(0)))
+                    module = module or f"<no module for {match.group(1)}>"
+                    found.append(Command(module, ("--help",), where, match.group(0)))
                 else:
                     module = scripts[match.group(1)].split(":")[0]
                     sub = match.group(2)
