@@ -28,7 +28,7 @@ from sammed_edge.runtime.errors import InputError
 
 from .engine import Engine, Prediction, Prompt
 from .service import Busy, Limits, Service
-from .sessions import Session
+from .sessions import Session, UnknownSession
 
 log = logging.getLogger(__name__)
 
@@ -139,10 +139,13 @@ class RayService(Service):
     async def _call(self, method: str, session: Session, *args: Any) -> Any:
         import ray
 
+        image = session.extra.get("image")
+        if image is None:
+            raise UnknownSession(f"session {session.id} was dropped while the request ran")
         handle = getattr(self.model.options(multiplexed_model_id=session.id), method)
         for attempt in range(ATTEMPTS):
             try:
-                return await handle.remote([session.extra["image"]], *args)
+                return await handle.remote([image], *args)
             except ray.exceptions.RayTaskError as exc:
                 cause = getattr(exc, "cause", None)
                 if isinstance(cause, InputError):
