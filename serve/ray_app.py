@@ -38,6 +38,7 @@ INGRESS_DEPLOYMENT = "SegmentationIngress"
 # calls that died with a replica are retried this often, this far apart, before the client is told 503
 ATTEMPTS = 6
 RETRY_DELAY = 0.5
+INGRESS_ONGOING = 1024
 
 # the ingress replica's service, set in its process by `Ingress.__init__` and read by the app's routes
 _SERVICES: dict[str, Service] = {}
@@ -185,7 +186,10 @@ def application(bundle: str | Path, limits: Limits, token: str | None = None, re
 
     app = create_app(_ingress_service, token=token)
 
-    @serve.deployment(name=INGRESS_DEPLOYMENT, num_replicas=1, ray_actor_options={"num_cpus": 0})
+    # Ray Serve's default of 5 requests at a time per replica would queue clicks behind slow uploads at the proxy;
+    # the ingress bounds its own work (encode queue, session count)
+    @serve.deployment(name=INGRESS_DEPLOYMENT, num_replicas=1, ray_actor_options={"num_cpus": 0},
+                      max_ongoing_requests=INGRESS_ONGOING)
     @serve.ingress(app)
     class SegmentationIngress:
         def __init__(self, model: Any, limits: Limits) -> None:
