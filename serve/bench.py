@@ -252,7 +252,7 @@ def markdown(results: list[dict[str, Any]], in_process_ms: float) -> str:
         lines.append(f"| {name} | {r['clients']} x {r['clicks'] // max(r['clients'], 1)} | {r['click_throughput_per_s']:.1f} | "
                      f"{r['click_p50_ms']:.0f} / {r['click_p99_ms']:.0f} | {r['upload_p50_ms']:.0f} / {r['upload_p99_ms']:.0f} | "
                      f"{r['errors']} | {r['retried_503']} | {r['rss_before_mib']:.0f} -> {r['rss_after_mib']:.0f} | "
-                     f"+{r['click_p50_ms'] - in_process_ms:.0f} ms |")
+                     f"{r['click_p50_ms'] - in_process_ms:+.0f} ms |")
     lines.append(f"\nIn-process `Predictor.predict` p50 on the same prompts: {in_process_ms:.1f} ms.")
     return "\n".join(lines)
 

@@ -28,7 +28,7 @@ from sammed_edge.runtime.errors import InputError
 
 from .engine import Engine, Prediction, Prompt
 from .service import Busy, Limits, Service
-from .sessions import Session
+from .sessions import Session, UnknownSession
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ INGRESS_DEPLOYMENT = "SegmentationIngress"
 # calls that died with a replica are retried this often, this far apart, before the client is told 503
 ATTEMPTS = 6
 RETRY_DELAY = 0.5
+INGRESS_ONGOING = 1024
 
 # the ingress replica's service, set in its process by `Ingress.__init__` and read by the app's routes
 _SERVICES: dict[str, Service] = {}
@@ -139,10 +140,13 @@ class RayService(Service):
     async def _call(self, method: str, session: Session, *args: Any) -> Any:
         import ray
 
+        image = session.extra.get("image")
+        if image is None:
+            raise UnknownSession(f"session {session.id} was dropped while the request ran")
         handle = getattr(self.model.options(multiplexed_model_id=session.id), method)
         for attempt in range(ATTEMPTS):
             try:
-                return await handle.remote([session.extra["image"]], *args)
+                return await handle.remote([image], *args)
             except ray.exceptions.RayTaskError as exc:
                 cause = getattr(exc, "cause", None)
                 if isinstance(cause, InputError):
@@ -182,7 +186,10 @@ def application(bundle: str | Path, limits: Limits, token: str | None = None, re
 
     app = create_app(_ingress_service, token=token)
 
-    @serve.deployment(name=INGRESS_DEPLOYMENT, num_replicas=1, ray_actor_options={"num_cpus": 0})
+    # Ray Serve's default of 5 requests at a time per replica would queue clicks behind slow uploads at the proxy;
+    # the ingress bounds its own work (encode queue, session count)
+    @serve.deployment(name=INGRESS_DEPLOYMENT, num_replicas=1, ray_actor_options={"num_cpus": 0},
+                      max_ongoing_requests=INGRESS_ONGOING)
     @serve.ingress(app)
     class SegmentationIngress:
         def __init__(self, model: Any, limits: Limits) -> None:
