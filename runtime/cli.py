@@ -132,6 +132,33 @@ def _segment_remote(args: argparse.Namespace, clicks: list, labels: list) -> tup
     return masks[0], float(iou[0]), {"encode_ms": session["encode_ms"], "predict_ms": timings.get("decode", 0.0)}
 
 
+def _segment_local(args: argparse.Namespace, image: np.ndarray, clicks: list, labels: list[int]) -> tuple[np.ndarray, float, dict]:
+    """Best mask, its predicted IoU and the timings of one prediction here; with --zoom, a small object's box (or
+    the mask of the clicks) is segmented again in a window around it (`runtime.zoom`)."""
+    from . import zoom
+
+    predictor = _predictor(args)
+    predictor.set_image(image)
+    policy = zoom.policy_from_args(args)
+    points = np.array(clicks, dtype=np.float64) if clicks else None
+    box = np.array(args.box, dtype=np.float64) if args.box is not None else None
+
+    def predict(window: zoom.Window | None) -> tuple[np.ndarray, float]:
+        masks, iou, _ = predictor.predict(point_coords=points, point_labels=np.array(labels) if clicks else None, box=box,
+                                          multimask_output=bool(clicks) and box is None, best_only=True, window=window)
+        return masks[0], float(iou[0])
+
+    window = zoom.box_window(policy, box, image.shape[:2])
+    mask, iou = predict(window)
+    if window is None and box is None:
+        window = zoom.mask_window(policy, mask, points, image.shape[:2])
+        if window is not None:
+            mask, iou = predict(window)
+    if window is not None:
+        print(f"zoom: segmented in the window {list(window)}")
+    return mask, iou, predictor.timings
+
+
 def cmd_segment(args: argparse.Namespace) -> int:
     from .io import write_mask_png, write_overlay_png
     from .io.loading import load_for_segmentation, write_labels_like
@@ -149,16 +176,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if args.server is not None:
         mask, best_iou, timings = _segment_remote(args, clicks, labels)
     else:
-        predictor = _predictor(args)
-        predictor.set_image(loaded.image)
-        masks, iou, _ = predictor.predict(
-            point_coords=np.array(clicks, dtype=np.float64) if clicks else None,
-            point_labels=np.array(labels) if clicks else None,
-            box=np.array(args.box) if args.box is not None else None,
-            multimask_output=bool(clicks) and args.box is None,
-            best_only=True,
-        )
-        mask, best_iou, timings = masks[0], float(iou[0]), predictor.timings
+        mask, best_iou, timings = _segment_local(args, loaded.image, clicks, labels)
     out = args.out or Path(f"{Path(args.image).name.split('.')[0]}_mask.png")
     written = [write_mask_png(out, mask)]
     if args.overlay:
@@ -198,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--out", type=Path, help="mask PNG (default: <image>_mask.png)")
     segment.add_argument("--overlay", type=Path, help="also write the image with the mask overlaid")
     segment.add_argument("--labels-out", type=Path, help="also write a NIfTI label map aligned with a DICOM/NIfTI input")
+    from . import zoom
+
+    zoom.add_arguments(segment)
     segment.set_defaults(func=cmd_segment)
 
     evaluate = sub.add_parser("evaluate", help="Dice on a dataset in SAM-Med2D's layout (box, points, click protocol)")

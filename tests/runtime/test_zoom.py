@@ -138,3 +138,27 @@ def test_prompt_at_the_image_corner(predictor):
     assert window[2:] == (width, height)
     masks, _, low_res = predictor.predict(point_coords=point, point_labels=[1], window=window, multimask_output=False)
     assert masks.shape == (1, height, width) and low_res.shape[-1] == predictor.policy.low_res_size
+
+
+def test_segment_command_zooms_into_a_small_box_as_the_predictor_does(predictor, tiny_bundle, tmp_path):
+    import cv2
+
+    from sammed_edge.runtime import cli
+    from sammed_edge.runtime.io import read_mask
+
+    image = np.zeros((240, 240, 3), np.uint8)
+    cv2.circle(image, (60, 70), 9, (200, 200, 200), -1)
+    path = tmp_path / "small.png"
+    cv2.imwrite(str(path), image)
+    box = [48, 58, 72, 82]
+    window = zoom.box_window(zoom.ZoomPolicy(), box, image.shape[:2])
+    assert window is not None
+    predictor.set_image(image)
+    expected, _, _ = predictor.predict(box=np.array(box, float), multimask_output=False, best_only=True, window=window)
+    plain, _, _ = predictor.predict(box=np.array(box, float), multimask_output=False, best_only=True)
+    assert not np.array_equal(expected, plain)  # so the command must have zoomed to match
+    for flag, reference in (("boxes", expected), ("off", plain)):
+        out = tmp_path / f"{flag}.png"
+        assert cli.main(["segment", "--bundle", str(tiny_bundle), "--threads", "1", "--image", str(path),
+                         "--box", *map(str, box), "--zoom", flag, "--out", str(out)]) == 0
+        np.testing.assert_array_equal(read_mask(out) > 0, reference[0])
