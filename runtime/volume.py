@@ -28,7 +28,7 @@ import numpy as np
 
 from . import metrics, processing
 from .errors import InputError
-from .io.volumes import Volume
+from .io.volumes import Volume, check_slice_index
 from .predictor import PromptPredictor
 
 PROMPTS = ("box", "box+mask", "box+point", "box+mask+point", "mask", "mask+point")
@@ -252,11 +252,7 @@ class VolumeSegmenter:
         return int(self.images.shape[1]), int(self.images.shape[2])
 
     def check_index(self, index: Any) -> int:
-        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
-            raise InputError(f"slice index must be an integer, got {index!r}")
-        if not 0 <= int(index) < self.num_slices:
-            raise InputError(f"slice {index} is out of range: the volume has {self.num_slices} slices (valid 0..{self.num_slices - 1})")
-        return int(index)
+        return check_slice_index(index, self.num_slices)
 
     def slice_image(self, index: int) -> np.ndarray:
         """Slice `index` as H x W x 3 uint8."""
