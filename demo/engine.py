@@ -106,6 +106,7 @@ class DemoSession:
             and "click_ms" (the last click's handling in the server, prediction included).
         seq: number of updates so far (the page publishes it so that a client can wait for the next one).
         token: the key of this browser session in a `SessionStore` ("" until it is stored).
+        volume: for a NIfTI view, the volume being segmented (`demo.volume.VolumeWork`), else None.
     """
 
     view: ImageView | None = None
@@ -113,6 +114,7 @@ class DemoSession:
     timings: dict[str, Any] = field(default_factory=dict)
     seq: int = 0
     token: str = ""
+    volume: Any = None
 
     def require(self) -> tuple[ImageView, st.SessionState]:
         if self.view is None or self.state is None:
@@ -203,6 +205,11 @@ class Engine:
         # set_image + predict must not interleave between browser sessions: the predictor has one current image.
         self._lock = threading.Lock()
         self.last_encode_ms: float | None = None
+
+    @property
+    def lock(self) -> threading.Lock:
+        """Held around every set_image + predict on the shared predictor (the volume work holds it too)."""
+        return self._lock
 
     @classmethod
     def from_bundle(cls, path: str | Path, cache_size: int = 32, threads: int | None = None) -> "Engine":

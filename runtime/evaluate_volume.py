@@ -282,7 +282,7 @@ def parse_variant(text: str) -> tuple[str, PropagationSettings]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", type=Path, required=True, help="folder of labelled volumes (images/, labels/, manifest.csv)")
+    parser.add_argument("--data", type=Path, help="folder of labelled volumes (images/, labels/, manifest.csv)")
     parser.add_argument("--prompt", choices=("box", "clicks"), default="box", help="how the largest slice is prompted")
     parser.add_argument("--clicks", type=int, default=3, help="clicks on the prompted slice with --prompt clicks")
     parser.add_argument("--window", help="one window for every volume (a preset or CENTER,WIDTH; default: percentiles per volume)")
@@ -293,13 +293,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--background-study", type=float, metavar="SECONDS",
                         help="instead: the wait after the first click with and without background encoding, the user "
                              "thinking SECONDS between the click, a correction and asking for the propagation")
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
+                        help="instead: combine evaluation.json files of separate runs (e.g. one per case) into one report")
     parser.add_argument("--no-progress", action="store_true")
+
+
+def merge_results(paths: list[Path]) -> dict[str, Any]:
+    """One result from the evaluation.json files of runs with the same variants (e.g. one run per case)."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    cases = [case for part in parts for case in part["cases"]]
+    return {**parts[0], "cases": cases, "summary": summarize(cases)}
+
+
+def _write(result: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "evaluation.json").write_text(json.dumps(result, indent=1) + "\n")
+    text = markdown(result)
+    (out / "report.md").write_text(text)
+    sys.stdout.write(text[text.index("| variant |"):])
+    print(f"report: {out / 'report.md'}")
 
 
 def run(args: argparse.Namespace, predictor: Predictor, label: str) -> int:
     """Evaluate as the flags of `add_arguments` say; writes evaluation.json and report.md."""
     from .io.loading import parse_window
 
+    if args.merge:
+        _write(merge_results(args.merge), args.out or Path("out") / "evaluate-volume" / label)
+        return 0
+    if args.data is None:
+        raise InputError("evaluate-volume needs --data DIR (a folder of labelled volumes) or --merge")
     cases = read_cases(args.data)
     if args.cases:
         cases = [c for c in cases if c["case"] in args.cases]
@@ -320,11 +343,5 @@ def run(args: argparse.Namespace, predictor: Predictor, label: str) -> int:
     bar.close()
     result = {"label": label, "prompt": args.prompt, "variants": {k: asdict(v) for k, v in variants.items()},
               "predictor": predictor.describe(), "cases": results, "summary": summarize(results)}
-    out = args.out or Path("out") / "evaluate-volume" / label
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "evaluation.json").write_text(json.dumps(result, indent=1) + "\n")
-    text = markdown(result)
-    (out / "report.md").write_text(text)
-    sys.stdout.write(text[text.index("| variant |"):])
-    print(f"report: {out / 'report.md'}")
+    _write(result, args.out or Path("out") / "evaluate-volume" / label)
     return 0

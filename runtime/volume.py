@@ -4,8 +4,9 @@ The user prompts a slice (a box and/or clicks): that slice becomes an anchor. `p
 to both sides; slice j + 1 (or j - 1) is prompted from slice j's result as `PropagationSettings.prompt` says: the
 box of j's mask grown by a margin (`processing.expand_box`), j's low-res logits as the mask prompt
 (`processing.mask_prompt_from_logits`), and / or a click at the interior of j's mask (`metrics.interior_point`).
-A walk stops at the volume's end, at another anchor, or where the structure ends: an empty mask, a predicted IoU
-below `min_iou`, or an area below `min_area_ratio` times the previous slice's. A correction (more clicks on any
+A walk stops at the volume's end, halfway to another anchor, or where the structure ends: an empty mask, a
+predicted IoU below `min_iou`, or an area below `min_area_ratio` (above `max_area_ratio`) times the previous slice's, or a mean grey level
+inside the mask that moved more than `max_shift` from the anchor's (the box then holds other tissue). A correction (more clicks on any
 slice, `prompt` again) makes that slice an anchor; propagating from it redoes both sides up to the next anchors
 and drops masks of the old walk beyond where the new one stops.
 
@@ -27,7 +28,7 @@ import numpy as np
 
 from . import metrics, processing
 from .errors import InputError
-from .io.volumes import Volume
+from .io.volumes import Volume, check_slice_index
 from .predictor import PromptPredictor
 
 PROMPTS = ("box", "box+mask", "box+point", "box+mask+point", "mask", "mask+point")
@@ -45,16 +46,26 @@ class PropagationSettings:
             (its low-res logits as mask prompt), "point" (a foreground click at its interior), combined with "+".
         margin: pixels added on every side of the previous mask's box ...
         margin_fraction: ... plus this fraction of the box's longer side.
+        min_box_ratio: the next box's width and height are at least this fraction of the previous slice's box
+            (centred on the mask): a mask that under-segments does not shrink the box it prompts, so the walk does
+            not drift off the structure; 0 boxes the mask alone.
         min_iou: stop where the predicted IoU falls below this.
         min_area_ratio: stop where the mask's area falls below this fraction of the previous slice's.
+        max_area_ratio: stop where it grows beyond this multiple of the previous slice's (the mask leaking into
+            its surroundings once the structure has ended; a box with a margin lets a leak grow every slice).
+        max_shift: stop where the mean grey level (0..255, the volume's window) inside the mask moves more than
+            this from the mean inside the walk's anchor mask: past a structure's end the box holds other tissue.
         min_pixels: stop where the mask has fewer pixels (an empty mask at 1).
     """
 
     prompt: str = "box+mask"
-    margin: float = 2.0
-    margin_fraction: float = 0.1
-    min_iou: float = 0.5
+    margin: float = 1.0
+    margin_fraction: float = 0.0
+    min_box_ratio: float = 0.9
+    min_iou: float = 0.3
     min_area_ratio: float = 0.25
+    max_area_ratio: float = 2.0
+    max_shift: float = 30.0
     min_pixels: int = 1
 
     def __post_init__(self) -> None:
@@ -184,6 +195,17 @@ class SliceEncoder:
                     self._busy = None
 
 
+def _at_least(box: np.ndarray, reference: np.ndarray, ratio: float) -> np.ndarray:
+    """`box` (x0, y0, x1, y1) widened about its centre to at least `ratio` times `reference`'s width and height."""
+    out = np.asarray(box, dtype=np.float64).copy()
+    for low, high in ((0, 2), (1, 3)):
+        want = ratio * (reference[high] - reference[low])
+        if out[high] - out[low] < want:
+            centre = (out[high] + out[low]) / 2
+            out[low], out[high] = centre - want / 2, centre + want / 2
+    return out
+
+
 def nearest_first(center: int, count: int, limit: int | None = None) -> list[int]:
     """Slice indices 0..count-1 ordered by distance from `center` (above before below), at most `limit`."""
     order = [center]
@@ -230,11 +252,7 @@ class VolumeSegmenter:
         return int(self.images.shape[1]), int(self.images.shape[2])
 
     def check_index(self, index: Any) -> int:
-        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
-            raise InputError(f"slice index must be an integer, got {index!r}")
-        if not 0 <= int(index) < self.num_slices:
-            raise InputError(f"slice {index} is out of range: the volume has {self.num_slices} slices (valid 0..{self.num_slices - 1})")
-        return int(index)
+        return check_slice_index(index, self.num_slices)
 
     def slice_image(self, index: int) -> np.ndarray:
         """Slice `index` as H x W x 3 uint8."""
@@ -342,6 +360,8 @@ class VolumeSegmenter:
         box = points = labels = mask_input = None
         if "box" in parts:
             tight = metrics.box_from_mask(previous.mask)
+            if previous.box is not None and self.settings.min_box_ratio > 0:
+                tight = _at_least(tight, previous.box, self.settings.min_box_ratio)
             margin = self.settings.margin + self.settings.margin_fraction * max(tight[2] - tight[0] + 1, tight[3] - tight[1] + 1)
             box = processing.expand_box(tight, margin, self.slice_size)
         if "mask" in parts:
@@ -351,15 +371,23 @@ class VolumeSegmenter:
             labels = np.ones(1, np.int64)
         return box, points, labels, mask_input
 
-    def _stops(self, result: SliceResult, previous: SliceResult) -> str | None:
-        """Why the walk stops at `result` (None: it goes on)."""
+    def _mean_grey(self, index: int, mask: np.ndarray) -> float:
+        image = self.images[index]
+        return float(image[mask].mean()) if mask.any() else 0.0
+
+    def _stops(self, result: SliceResult, previous: SliceResult, index: int, reference: float) -> str | None:
+        """Why the walk stops at `result` on slice `index` (None: it goes on); `reference` is the anchor's mean grey."""
         area = int(result.mask.sum())
         if area < self.settings.min_pixels:
             return "empty"
         if result.iou < self.settings.min_iou:
             return "iou"
         if area < self.settings.min_area_ratio * int(previous.mask.sum()):
-            return "area"
+            return "area collapse"
+        if area > self.settings.max_area_ratio * int(previous.mask.sum()):
+            return "area growth"
+        if abs(self._mean_grey(index, result.mask) - reference) > self.settings.max_shift:
+            return "intensity"
         return None
 
     def _walk(self, structure: Structure, start: int, step: int, limit: int, on_slice: Callable[[], None]) -> tuple[int, str]:
@@ -370,6 +398,7 @@ class VolumeSegmenter:
             dropped (they belonged to a walk this one replaces).
         """
         previous = structure.slices[start]
+        reference = self._mean_grey(start, previous.mask)
         j = start + step
         reason = "end of volume" if limit in (0, self.num_slices - 1) else "next anchor's half"
         while (j - limit) * step <= 0:
@@ -379,7 +408,7 @@ class VolumeSegmenter:
             box, points, labels, mask_input = self._next_prompts(previous)
             result = self._predict(j, box, points, labels, mask_input)
             on_slice()
-            why = self._stops(result, previous)
+            why = self._stops(result, previous, j, reference)
             if why is not None:
                 reason = why
                 break

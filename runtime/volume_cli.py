@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
+from .volume import PropagationSettings
 
 
 def cmd_segment_volume(args: argparse.Namespace, make_predictor: Callable[..., Any]) -> int:
@@ -21,7 +22,7 @@ def cmd_segment_volume(args: argparse.Namespace, make_predictor: Callable[..., A
     from .io.volume_writers import write_volume_dicom_seg, write_volume_nifti
     from .io.loading import read_volume
     from .progress import ProgressBar
-    from .volume import PropagationSettings, VolumeSegmenter
+    from .volume import VolumeSegmenter
 
     clicks = args.point + args.negative
     if not clicks and args.box is None:
@@ -89,8 +90,8 @@ def add_commands(sub: Any, add_predictor_args: Callable[[argparse.ArgumentParser
     segment.add_argument("--series-uid", help="SeriesInstanceUID to read from a folder holding several series")
     segment.add_argument("--label", type=int, default=1, help="label value of the structure in the outputs")
     segment.add_argument("--name", default="Structure", help="segment label in the DICOM-SEG")
-    segment.add_argument("--propagate-with", default="box+mask", help="what a slice gives its neighbour (volume.PROMPTS)")
-    segment.add_argument("--margin", type=float, default=2.0, help="pixels added to the previous mask's box")
+    segment.add_argument("--propagate-with", default=PropagationSettings.prompt, help="what a slice gives its neighbour (volume.PROMPTS)")
+    segment.add_argument("--margin", type=float, default=PropagationSettings.margin, help="pixels added to the previous mask's box")
     segment.add_argument("--out", type=Path, help="label volume NIfTI (default: <image>_seg.nii.gz)")
     segment.add_argument("--dicom-seg", type=Path, help="also write a DICOM-SEG (DICOM input)")
     segment.add_argument("--no-progress", action="store_true")

@@ -119,6 +119,17 @@ def _window(values: np.ndarray, frames: list[DicomImage], window: Window, intens
     return images, used
 
 
+def _volume(slices: list[DicomImage], step: np.ndarray, name: str, window: Window, intensity: str, **source: Any) -> Volume:
+    """The `Volume` of `slices` (frames in slice order) whose slices advance by `step` (LPS mm), windowed once."""
+    values = _stack(slices, name)
+    check_volume_size(values.shape, name)
+    images, used = _window(values, slices, window, intensity)
+    row_spacing, column_spacing = slices[0].pixel_spacing
+    return Volume(values=values, images=images, window=used, axis=2, affine=_series_affine(slices[0], step),
+                  spacing=(float(np.linalg.norm(step)), float(row_spacing), float(column_spacing)),
+                  modality=slices[0].modality, **source)
+
+
 def _geometry(frames: list[DicomImage], name: str) -> tuple[np.ndarray, np.ndarray]:
     """N x 3 positions and the shared orientation of the frames, or InputError naming what is missing."""
     missing = [i for i, f in enumerate(frames) if f.image_position is None or f.image_orientation is None]
@@ -186,15 +197,8 @@ def read_dicom_series(folder: str | Path, window: Window = None, series_uid: str
     positions, orientation = _geometry(frames, name)
     order, step = sort_positions(positions, orientation, name)
     frames = [frames[i] for i in order]
-    values = _stack(frames, name)
-    check_volume_size(values.shape, name)
-    images, used = _window(values, frames, window, intensity)
-    row_spacing, column_spacing = frames[0].pixel_spacing
-    return Volume(
-        values=values, images=images, window=used, axis=2, affine=_series_affine(frames[0], step),
-        spacing=(float(np.linalg.norm(step)), float(row_spacing), float(column_spacing)), kind="dicom-series",
-        modality=frames[0].modality, path=folder, datasets=tuple(f.dataset for f in frames), series_instance_uid=uid,
-    )
+    return _volume(frames, step, name, window, intensity, kind="dicom-series", path=folder,
+                   datasets=tuple(f.dataset for f in frames), series_instance_uid=uid)
 
 
 def read_dicom_multiframe(path: str | Path, window: Window = None, intensity: str = "percentile") -> Volume:
@@ -232,16 +236,9 @@ def read_dicom_multiframe(path: str | Path, window: Window = None, intensity: st
         order, step = np.arange(count), np.cross(orientation[:3], orientation[3:]) * float(distance)
         frames = [f if f.image_position is not None else _at_origin(f) for f in frames]
     frames = [frames[i] for i in order]
-    values = _stack(frames, name)
-    check_volume_size(values.shape, name)
-    images, used = _window(values, frames, window, intensity)
-    row_spacing, column_spacing = frames[0].pixel_spacing
-    return Volume(
-        values=values, images=images, window=used, axis=2, affine=_series_affine(frames[0], step),
-        spacing=(float(np.linalg.norm(step)), float(row_spacing), float(column_spacing)), kind="dicom-multiframe",
-        modality=frames[0].modality, path=path, datasets=(frames[0].dataset,), frames=tuple(int(i) for i in order),
-        series_instance_uid=frames[0].series_instance_uid,
-    )
+    return _volume(frames, step, name, window, intensity, kind="dicom-multiframe", path=path,
+                   datasets=(frames[0].dataset,), frames=tuple(int(i) for i in order),
+                   series_instance_uid=frames[0].series_instance_uid)
 
 
 def _at_origin(frame: DicomImage) -> DicomImage:

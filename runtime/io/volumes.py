@@ -25,7 +25,7 @@ from ..errors import InputError
 from ..processing import MAX_IMAGE_SIDE
 from .images import Window, check_intensity, import_optional, to_uint8
 
-__all__ = ["Volume", "read_nifti_volume", "slice_order", "window_volume"]
+__all__ = ["Volume", "check_slice_index", "read_nifti_volume", "slice_order", "window_volume"]
 
 # A volume this large (voxels) is almost certainly the wrong input; it would need gigabytes as float32.
 MAX_VOXELS = 2**30
@@ -35,6 +35,15 @@ def slice_order(axis: int) -> tuple[int, int, int]:
     """Permutation of voxel axes (X, Y, Z) to the [slice, row, column] order of slices cut across `axis`."""
     low, high = (i for i in range(3) if i != axis)
     return axis, high, low
+
+
+def check_slice_index(index: Any, count: int) -> int:
+    """A slice index of a volume of `count` slices as int, or InputError naming the valid range."""
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+        raise InputError(f"slice index must be an integer, got {index!r}")
+    if not 0 <= int(index) < count:
+        raise InputError(f"slice {index} is out of range: the volume has {count} slices (valid 0..{count - 1})")
+    return int(index)
 
 
 @dataclass(frozen=True, eq=False)
@@ -102,11 +111,7 @@ class Volume:
 
     def check_index(self, index: Any) -> int:
         """A slice index as int, or InputError naming the valid range."""
-        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
-            raise InputError(f"slice index must be an integer, got {index!r}")
-        if not 0 <= int(index) < self.num_slices:
-            raise InputError(f"slice {index} is out of range: the volume has {self.num_slices} slices (valid 0..{self.num_slices - 1})")
-        return int(index)
+        return check_slice_index(index, self.num_slices)
 
     def to_voxels(self, stack: np.ndarray) -> np.ndarray:
         """An S x H x W array (a label volume, say) in the voxel grid (X, Y, Z) of `affine`.

@@ -3,7 +3,8 @@
 A click on a known pixel of an example must reach the server as that pixel (Gradio's click coordinates are where
 demos usually go wrong when images are scaled), the mask in the page must equal `Predictor.predict` for that
 pixel, and the overlay shown must be that mask. The latency of a click on a cached image (from the click to the
-new overlay being shown) is printed.
+new overlay being shown) is printed. On a NIfTI volume, "Propagate" must give the runtime's propagation from the
+clicked mask, and the label volume must be offered for download.
 
 Skipped when /usr/bin/chromium is absent, except in CI (CI=true), where that is a failure.
 """
@@ -11,6 +12,7 @@ Skipped when /usr/bin/chromium is absent, except in CI (CI=true), where that is 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import statistics
@@ -26,7 +28,9 @@ from sammed_edge.demo.examples import example_by_name
 from sammed_edge.demo.render import display_geometry, render_overlay, to_display
 from sammed_edge.runtime import Predictor
 from sammed_edge.runtime.io.loading import load_for_segmentation
+from sammed_edge.runtime.io.volumes import read_nifti_volume
 from sammed_edge.runtime.processing import mask_prompt_from_logits
+from sammed_edge.runtime.volume import VolumeSegmenter
 
 pytestmark = pytest.mark.browser
 
@@ -237,3 +241,37 @@ def test_errors_are_shown_and_the_server_stays_up(page, demo_server, tmp_path):
     data = wait_update(page, data["seq"])
     assert data["error"] is None and data["image"]["name"] == "MR_small.dcm"
     assert demo_server["process"].poll() is None
+
+
+def test_volume_propagation_in_the_page(page, demo_server):
+    example = example_by_name("NIfTI anatomical")
+    loaded = load_for_segmentation(example.path)
+    predictor = Predictor.from_bundle(demo_server["bundle"])
+    x, y = pick_pixel(predictor, loaded.image)
+    page.get_by_role("button", name=example.name, exact=True).click()
+    data = wait_update(page, 0)
+    assert data["error"] is None and data["volume"]["slices"] == data["image"]["count"]
+    data, _ = click_pixel(page, x, y, data)
+    assert data["error"] is None and data["mask"]["pixels"] > 0
+
+    page.locator("#propagate").click()
+    data = wait_update(page, data["seq"])
+    assert data["error"] is None, data["error"]
+    index = data["image"]["index"]
+    slices = data["volume"]["labels"]["1"]
+    assert index in slices
+
+    # the page's label volume is the runtime's propagation from the clicked mask
+    predictor.set_image(loaded.image)
+    masks, iou, low_res = predictor.predict(point_coords=[[x, y]], point_labels=[1])
+    best = int(np.argmax(iou))
+    direct = VolumeSegmenter(predictor, read_nifti_volume(example.path))
+    direct.set_mask(index, masks[best], 1, low_res=low_res[best])
+    direct.propagate(1)
+    assert sorted(direct.structures[1].slices) == slices
+    assert data["volume"]["sha256"] == hashlib.sha256(direct.label_volume().tobytes()).hexdigest()
+
+    # the label volume is offered for download
+    page.locator("#export-volume").click()
+    page.wait_for_selector("#download a", timeout=30_000)
+    assert "anatomical-labels3d.nii.gz" in page.locator("#download").inner_text().replace("\n", "")
