@@ -182,10 +182,12 @@ class PromptPredictor:
         if best_only and low_res.shape[0] > 1:
             best = int(np.argmax(iou))
             low_res, iou = low_res[best : best + 1], iou[best : best + 1]
-        logits = processing.postprocess_logits(low_res, frame, self.policy)
-        if window is not None:
-            logits = zoom.paste(logits, window, geometry.original_size)
-        masks = logits if return_logits else logits > self.policy.mask_threshold
+        if window is None:  # masks thresholded block by block as they are upsampled
+            threshold = None if return_logits else self.policy.mask_threshold
+            masks = processing.postprocess_logits(low_res, frame, self.policy, threshold=threshold)
+        else:
+            logits = zoom.paste(processing.postprocess_logits(low_res, frame, self.policy), window, geometry.original_size)
+            masks = logits if return_logits else logits > self.policy.mask_threshold
         self.timings["predict_ms"] = (time.perf_counter() - start) * 1e3
         return masks, iou, low_res
 

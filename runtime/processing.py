@@ -431,42 +431,55 @@ def _linear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, n
     return index0, index1, weight0, weight1
 
 
-def resize_bilinear(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+_ROW_BLOCK = 64  # output rows per step of the row pass: its temporaries stay in the CPU cache
+
+
+def resize_bilinear(maps: np.ndarray, size: tuple[int, int], crop: tuple[int, int] | None = None,
+                    threshold: float | None = None) -> np.ndarray:
     """Bilinear resize of C x h x w float32 maps to C x H x W (align_corners=False, no antialias).
 
-    Returns the input itself when it already has the requested size.
-    """
+    `crop` (h', w') computes only the top-left h' x w' of the result (the values of resizing, then cropping);
+    `threshold` returns the bool maps `result > threshold`. Without either, returns the input itself when it
+    already has the requested size."""
     maps = np.asarray(maps, dtype=np.float32)
-    out_h, out_w = size
-    if maps.shape[-2:] == (out_h, out_w):
-        return maps
-    r0, r1, rw0, rw1 = _linear_taps(maps.shape[-2], out_h)
-    c0, c1, cw0, cw1 = _linear_taps(maps.shape[-1], out_w)
+    keep_h, keep_w = crop or size
+    if maps.shape[-2:] == tuple(size):
+        maps = maps[..., :keep_h, :keep_w]
+        return maps if threshold is None else maps > threshold
+    r0, r1, rw0, rw1 = (taps[:keep_h] for taps in _linear_taps(maps.shape[-2], size[0]))
+    c0, c1, cw0, cw1 = (taps[:keep_w] for taps in _linear_taps(maps.shape[-1], size[1]))
     # x0 * w0 + x1 * w1 along the columns, then the rows, each product rounded to float32 before the sum; `take`
-    # and in-place products instead of fancy indexing and fresh temporaries: the same values in half the time
+    # and in-place products, the rows in cache-sized blocks: the same values in a third of the time of fancy indexing
     cols = np.take(maps, c0, axis=-1)
     cols *= cw0
     right = np.take(maps, c1, axis=-1)
     right *= cw1
     cols += right
-    out = np.take(cols, r0, axis=-2)
-    out *= rw0[:, None]
-    below = np.take(cols, r1, axis=-2)
-    below *= rw1[:, None]
-    out += below
+    out = np.empty((*maps.shape[:-2], keep_h, keep_w), dtype=np.float32 if threshold is None else bool)
+    upper, lower = (np.empty((*maps.shape[:-2], min(_ROW_BLOCK, keep_h), keep_w), np.float32) for _ in range(2))
+    for top in range(0, keep_h, _ROW_BLOCK):
+        rows = slice(top, min(top + _ROW_BLOCK, keep_h))
+        above = out[..., rows, :] if threshold is None else upper[..., : rows.stop - top, :]
+        below = lower[..., : rows.stop - top, :]
+        np.multiply(np.take(cols, r0[rows], axis=-2, out=above, mode="clip"), rw0[rows, None], out=above)
+        np.multiply(np.take(cols, r1[rows], axis=-2, out=below, mode="clip"), rw1[rows, None], out=below)
+        above += below
+        if threshold is not None:
+            np.greater(above, threshold, out=out[..., rows, :])
     return out
 
 
-def postprocess_logits(low_res: np.ndarray, geometry: ImageGeometry, policy: ProcessingPolicy) -> np.ndarray:
-    """Low-resolution logits (C x L x L) to full-resolution logits (C x H x W), float32.
+def postprocess_logits(low_res: np.ndarray, geometry: ImageGeometry, policy: ProcessingPolicy,
+                       threshold: float | None = None) -> np.ndarray:
+    """Low-resolution logits (C x L x L) to full-resolution logits (C x H x W) float32, or with `threshold` the
+    bool masks `logits > threshold` (the same values, without a full-resolution float array).
 
     Upsamples to the model input size, crops the padding away, then resizes to the original image size: for
-    SAM-Med2D 64 -> 256 -> H x W, for LiteMedSAM crop -> H x W, for SAM 256 -> 1024 -> crop -> H x W.
+    SAM-Med2D 64 -> 256 -> H x W, for LiteMedSAM crop -> H x W, for SAM 256 -> 1024 (its kept part) -> H x W.
     """
     side = policy.input_size
-    maps = resize_bilinear(low_res, (side, side))
-    height, width = geometry.resized_size
-    out = resize_bilinear(maps[..., :height, :width], geometry.original_size)
+    maps = resize_bilinear(low_res, (side, side), crop=geometry.resized_size)
+    out = resize_bilinear(maps, geometry.original_size, threshold=threshold)
     return out.copy() if np.shares_memory(out, low_res) else np.ascontiguousarray(out)
 
 
