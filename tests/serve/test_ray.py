@@ -96,5 +96,6 @@ def test_replica_killed_mid_run_loses_no_session(ray_server, reference, images, 
     with Client(ray_server) as client:
         ready = client.ready()
         assert ready["ready"] and ready["sessions"] == CLIENTS
-        # each click before the kill reached the embedding without re-encoding: one encode per session there
-        assert all(r not in reencoded for r in range(1, CLIENTS) if sessions[r]["replica"] != victim)
+        # Ray Serve's multiplexed routing is a preference, not a guarantee: under load (a busy replica, or the
+        # replacement Serve starts after the kill) a surviving session may be sent to another replica and encoded
+        # there, which costs time, not correctness; so re-encodes of the other sessions are not asserted.
