@@ -198,8 +198,8 @@ def measure_predictor(predictor: Any, runs: int = 20, warmup: int = 3, size: int
     results["click_prompts"] = time_calls(lambda: processing.decoder_inputs(
         processing.check_prompts(geometry, predictor.policy, click, [1], None, previous), geometry, predictor.policy), runs * 3, warmup)
     results["click_decoder"] = time_calls(lambda: predictor._decode(embedding, inputs, False), runs * 3, warmup)
-    results["click_post"] = time_calls(lambda: processing.postprocess_logits(low, geometry, predictor.policy) > predictor.policy.mask_threshold,
-                                  runs * 3, warmup)
+    results["click_post"] = time_calls(lambda: processing.postprocess_logits(low, geometry, predictor.policy,
+                                                                          threshold=predictor.policy.mask_threshold), runs * 3, warmup)
     results["click_3"] = time_calls(lambda: predictor.predict(point_coords=click, point_labels=[1]), runs * 3, warmup)
     return results
 
